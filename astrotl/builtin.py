@@ -1,0 +1,26 @@
+"""astrotl's built-in plugin: generic backbones, heads and tasks (no survey knowledge)."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def astrotl_register_backbones():
+    from .backbones import BUILTIN_BACKBONES
+
+    return list(BUILTIN_BACKBONES)
+
+
+@hookimpl
+def astrotl_register_heads():
+    from .heads import BUILTIN_HEADS
+
+    return list(BUILTIN_HEADS)
+
+
+@hookimpl
+def astrotl_register_tasks():
+    from .tasks.classification import ClassificationTask
+
+    return [ClassificationTask]

@@ -1,0 +1,173 @@
+"""Plugin manager and component registries.
+
+Plugins are found through the entry-point group ``astrotl.plugins`` (so a third-party package
+is used just by installing it), plus astrotl's own built-in components. A plugin can be
+disabled by its entry-point name with ``--disable-plugin NAME`` or the environment variable
+``ASTROTL_DISABLE_PLUGINS=name1,name2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, UnknownNameError, did_you_mean
+from .interfaces import Backbone, Head, ImageDataset, Task
+
+log = logging.getLogger(__name__)
+
+ENTRYPOINT_GROUP = "astrotl.plugins"
+KINDS = {"tasks": Task, "datasets": ImageDataset, "backbones": Backbone, "heads": Head}
+SINGULAR = {"tasks": "task", "datasets": "dataset", "backbones": "backbone", "heads": "head"}
+
+
+class Registry:
+    """Components of one kind by name, each remembering the plugin that registered it."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, type] = {}
+        self._plugin: dict[str, str] = {}
+
+    def add(self, cls: type, plugin: str) -> None:
+        base = KINDS[self.kind]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(
+                f"plugin '{plugin}' registered {cls!r} as a {SINGULAR[self.kind]}, but it is not a "
+                f"subclass of {base.__module__}.{base.__name__}; return classes, not instances"
+            )
+        name = getattr(cls, "name", "")
+        if not name:
+            raise PluginError(f"plugin '{plugin}': {cls.__name__} has no 'name' class attribute; set one (its YAML key)")
+        if name in self._items and self._items[name] is not cls:
+            raise PluginError(
+                f"{SINGULAR[self.kind]} name '{name}' is registered twice, by '{self._plugin[name]}' "
+                f"and '{plugin}'; rename one or disable a plugin with --disable-plugin"
+            )
+        self._items[name] = cls
+        self._plugin[name] = plugin
+
+    def get(self, name: str) -> type:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {SINGULAR[self.kind]} '{name}'{did_you_mean(name, self._items)}; "
+                f"`astrotl list {self.kind}` shows the {len(self._items)} available"
+            ) from None
+
+    def plugin_of(self, name: str) -> str:
+        return self._plugin[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self):
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class Registries:
+    """All registries plus the plugin manager that filled them."""
+
+    pm: pluggy.PluginManager
+    tasks: Registry = field(default_factory=lambda: Registry("tasks"))
+    datasets: Registry = field(default_factory=lambda: Registry("datasets"))
+    backbones: Registry = field(default_factory=lambda: Registry("backbones"))
+    heads: Registry = field(default_factory=lambda: Registry("heads"))
+
+    def of(self, kind: str) -> Registry:
+        if kind not in KINDS:
+            raise UnknownNameError(f"unknown component kind '{kind}'{did_you_mean(kind, KINDS)}; use one of {', '.join(KINDS)}")
+        return getattr(self, kind)
+
+    def find(self, name: str) -> tuple[str, type]:
+        """Find a component by name in any registry: ``(kind, class)``."""
+        for kind in KINDS:
+            if name in self.of(kind):
+                return kind, self.of(kind).get(name)
+        everything = [n for kind in KINDS for n in self.of(kind)]
+        raise UnknownNameError(f"no task, dataset, backbone or head is named '{name}'{did_you_mean(name, everything)}; `astrotl list` shows them")
+
+    def plugins(self) -> list[tuple[str, str]]:
+        """``(name, module or description)`` of each registered plugin."""
+        out = []
+        for name, plugin in self.pm.list_name_plugin():
+            out.append((name, getattr(plugin, "__name__", repr(plugin))))
+        return sorted(out)
+
+
+def disabled_from_env() -> list[str]:
+    raw = os.environ.get("ASTROTL_DISABLE_PLUGINS", "")
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def make_plugin_manager(
+    disable: Iterable[str] = (), extra_plugins: Iterable[tuple[str, Any]] = (), entrypoints: bool = True
+) -> pluggy.PluginManager:
+    """A plugin manager with the built-ins, the entry-point plugins and ``extra_plugins``.
+
+    Parameters
+    ----------
+    disable : iterable of str
+        Plugin names (entry-point names, or ``builtin``) not to load.
+    extra_plugins : iterable of (name, plugin)
+        Plugins to register directly (used by tests and embedding applications).
+    entrypoints : bool
+        Load the ``astrotl.plugins`` entry points.
+    """
+    from . import builtin
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    blocked = set(disable) | set(disabled_from_env())
+    for name in blocked:
+        pm.set_blocked(name)
+    if "builtin" not in blocked:
+        pm.register(builtin, name="builtin")
+    if entrypoints:
+        try:
+            pm.load_setuptools_entrypoints(ENTRYPOINT_GROUP)
+        except Exception as exc:  # a broken third-party plugin must be named, not crash with a traceback
+            raise PluginError(f"a plugin in entry-point group '{ENTRYPOINT_GROUP}' failed to import: {exc!r}; "
+                              f"fix or uninstall it, or disable it with --disable-plugin NAME") from exc
+    for name, plugin in extra_plugins:
+        if name not in blocked:
+            pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{exc}; astrotl hooks are named astrotl_register_tasks/datasets/backbones/heads "
+                          f"and astrotl_run_finished (see astrotl.hookspecs)") from exc
+    return pm
+
+
+def load_registries(
+    disable: Iterable[str] = (), extra_plugins: Iterable[tuple[str, Any]] = (), entrypoints: bool = True
+) -> Registries:
+    """Build the registries by calling every plugin's ``astrotl_register_*`` hooks."""
+    pm = make_plugin_manager(disable=disable, extra_plugins=extra_plugins, entrypoints=entrypoints)
+    regs = Registries(pm=pm)
+    for kind in KINDS:
+        caller = getattr(pm.hook, f"astrotl_register_{kind}")
+        for impl in caller.get_hookimpls():
+            result = impl.function()
+            if result is None:
+                continue
+            if not isinstance(result, (list, tuple)):
+                raise PluginError(f"plugin '{impl.plugin_name}': astrotl_register_{kind} must return a list of classes, got {type(result).__name__}")
+            for cls in result:
+                regs.of(kind).add(cls, impl.plugin_name)
+    return regs

@@ -1,0 +1,26 @@
+"""astrotl-phangs: the PHANGS-HST star-cluster science case (Wei et al. 2020; Whitmore et al. 2021).
+
+Registers
+
+* ``phangs_sim`` -- simulated five-band WFC3/UVIS cutouts of cluster candidates (classes 1-4 with
+  the class-4 sub-classes), generated offline and cached;
+* ``phangs_clusters`` -- the four-class morphological classifier with the paper's augmentation
+  (90-degree rotations and flips) and its evaluation (per-class agreement, Class 1+2 combined,
+  accuracy versus magnitude, sub-class breakdown).
+"""
+
+from astrotl import hookimpl
+
+
+@hookimpl
+def astrotl_register_datasets():
+    from .dataset import PhangsSimDataset
+
+    return [PhangsSimDataset]
+
+
+@hookimpl
+def astrotl_register_tasks():
+    from .task import PhangsClusterTask
+
+    return [PhangsClusterTask]
