@@ -1,153 +1,257 @@
-"""Generic backbones: torchvision ResNet and VGG-BN families, any number of input bands.
+"""Generic backbones: torchvision classification models, any timm model, Zoobot encoders, and
+backbones exported by earlier astrotl runs -- all for any number of input bands.
 
-``weights`` is one of
+Names (the ``backbone: {name: ...}`` key)
+-----------------------------------------
+
+``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``vgg11_bn``, ``vgg16``, ``vgg16_bn``, ``vgg19_bn``, ``convnext_tiny``, ``convnext_small``, ``convnext_base``
+    torchvision models with their ImageNet weight tags (``weights: imagenet`` is torchvision's
+    ``DEFAULT``; ``weights: IMAGENET1K_V2`` picks a tag).
+``timm:<model>``
+    any timm model, e.g. ``timm:convnext_nano`` or ``timm:resnet50.a1_in1k`` (a pretrained tag),
+    built with ``timm.create_model(name, pretrained=False, num_classes=0, in_chans=N)``; its
+    pretrained weights come from the local Hugging Face / torch hub caches or the weights directory.
+``zoobot:<name>``
+    a Zoobot galaxy-morphology encoder (Walmsley et al.), ``zoobot:convnext_nano`` ->
+    Hugging Face ``mwalmsley/zoobot-encoder-convnext_nano``; a timm model loaded from the local
+    Hugging Face cache. ``weights:`` may also be a Zoobot fine-tuned Lightning ``.ckpt``.
+``run:<run dir>``
+    the backbone exported by an earlier astrotl run (its architecture and weights), e.g.
+    ``run:runs/gz1_pretrain``.
+
+A name ``prefix:*`` is a *family*: its class resolves ``prefix:<anything>`` (see
+:meth:`astrotl.plugins.Registry.get`); a plugin can add families through
+``astrotl_register_backbones`` by returning a class named ``"myprefix:*"`` with a
+``resolve_family(suffix, registry)`` classmethod.
+
+``weights`` (every backbone)
+----------------------------
 
 ``none``
     random initialisation;
-``imagenet``
-    torchvision's ImageNet checkpoint from the local torch hub cache or ``$ASTROTL_WEIGHTS_DIR``
-    (never downloaded at run time); absent -> a clear error naming the file and how to get it;
 ``auto``
-    ImageNet when it can be had offline, else random initialisation with a loud
-    :class:`~astrotl.errors.RandomInitWarning` that is also written into the run's outputs;
-a file path
-    ``.safetensors`` / ``.pt`` / ``.pth`` / ``.ckpt`` holding a state dict (torchvision layout, or
-    a backbone exported by an astrotl run).
+    the backbone's default pretrained weights if they can be had offline, else random
+    initialisation with a loud :class:`~astrotl.errors.RandomInitWarning` also written to the run;
+``imagenet`` / ``zoobot`` / a torchvision tag / ``hf-hub:<org/repo>``
+    named pretrained weights, found as :mod:`astrotl.weights` describes (absent offline: a clear error);
+``run:<run dir>``, a file path, or a name in the weights directory
+    a state dict (torchvision/timm layout, a Zoobot or Lightning checkpoint, or an astrotl export).
 
-RGB weights are adapted to N bands by :func:`astrotl.weights.adapt_first_conv` (``input_adapter``),
-never silently re-initialised.
+N-band data: RGB first-convolution weights are adapted by :func:`astrotl.weights.adapt_first_conv`
+(``input_adapter: repeat`` or ``map`` with ``rgb_bands``), never silently re-initialised; weights
+trained on exactly the data's number of bands load as they are. Fine-tuning strategies
+(``freeze_blocks``, ``freeze_layers``, ``n_blocks``, ``lr_decay``) are in :mod:`astrotl.finetune`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from typing import Any, ClassVar, Literal
 
 import torch
-import torchvision
-from pydantic import Field
+from pydantic import Field, create_model
 from torch import nn
 
-from .errors import RandomInitWarning, WeightsError
+from . import finetune
+from .errors import RandomInitWarning, UnknownNameError, WeightsError, did_you_mean
 from .interfaces import Backbone, ComponentConfig
 from .weights import (
+    IMAGENET_NORMALISATION,
+    WeightsRequest,
+    ZOOBOT_ENCODERS,
     adapt_first_conv,
-    file_record,
-    find_imagenet_file,
-    imagenet_missing_message,
+    hf_flat_name,
     load_into,
-    load_state_dict_file,
+    load_request,
+    load_spec_file,
+    read_metadata,
+    resolve_run_dir,
     strip_prefixes,
+    timm_request,
+    torchvision_request,
+    zoobot_config,
+    zoobot_repo,
+    zoobot_request,
 )
 
 log = logging.getLogger(__name__)
 
-IMAGENET_NORMALISATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "space": "RGB, 0-1"}
+__all__ = ["BackboneConfig", "PretrainedBackbone", "TorchvisionBackbone", "TimmBackbone", "ZoobotBackbone",
+           "RunBackbone", "BUILTIN_BACKBONES", "IMAGENET_NORMALISATION"]
 
 
-class TorchvisionBackboneConfig(ComponentConfig):
-    weights: str = Field("auto", description="none | imagenet | auto | path to a weights file")
+class BackboneConfig(ComponentConfig):
+    weights: str = Field("auto", description="none | auto | imagenet | <weight tag> | run:<run dir> | path | name in the weights dir")
     input_adapter: Literal["repeat", "map"] = Field(
         "repeat", description="how RGB first-conv weights serve N bands: repeat (cycle R,G,B, rescale) or map (rgb_bands)")
     rgb_bands: list[str] | None = Field(None, description="with input_adapter: map, the bands fed to R, G, B")
     freeze_blocks: int = Field(0, ge=0, description="freeze the first K blocks (weights and BatchNorm statistics)")
+    freeze_layers: int = Field(0, ge=0, description="freeze the first K conv/linear layers with their norms "
+                                                     "(Keras' VGG16 layers[:10] = freeze_layers: 7)")
+    n_blocks: int | None = Field(None, ge=0, description="train only the last n blocks (Zoobot's n_blocks); "
+                                                         "0 = linear probe (all frozen but the head); null = all")
+    lr_decay: float = Field(1.0, gt=0, le=1, description="layer-wise learning-rate decay: the head gets lr, the "
+                                                         "top block lr*d, the next lr*d^2, ...")
 
 
-class TorchvisionBackbone(Backbone):
-    """Base of torchvision classification backbones; subclasses set ``arch``."""
+#: Kept for code written against the first release.
+TorchvisionBackboneConfig = BackboneConfig
 
-    arch: ClassVar[str] = ""
-    Config = TorchvisionBackboneConfig
 
-    def __init__(self, config: TorchvisionBackboneConfig, *, in_chans: int, bands: tuple[str, ...]):
+def _replace_conv(parent: nn.Module, attr: str, in_chans: int) -> None:
+    old = getattr(parent, attr)
+    if old.in_channels == in_chans:
+        return
+    new = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                    old.groups if old.groups == 1 else in_chans, bias=old.bias is not None, padding_mode=old.padding_mode)
+    setattr(parent, attr, new)
+
+
+class PretrainedBackbone(Backbone):
+    """Base of astrotl's backbones: weights resolution, first-conv adaptation, fine-tuning.
+
+    Subclasses implement :meth:`build_net` (a randomly initialised network with ``in_chans``
+    inputs and no classifier, stored as ``self.net``), :meth:`first_conv_key`,
+    :meth:`classifier_prefixes`, :meth:`forward_features` and :meth:`blocks`, and may override
+    :meth:`pretrained_request` (what ``imagenet``/``auto`` mean) and :meth:`named_request`.
+    """
+
+    Config = BackboneConfig
+    #: Shown by ``astrotl list backbones``.
+    weight_options: ClassVar[str] = "none | auto | imagenet | <tag> | run:<dir> | <file>"
+    #: The registered name of the architecture (differs from ``name`` for ``run:`` backbones).
+    arch_name: ClassVar[str] = ""
+    _subclasses: ClassVar[dict[tuple[type, str], type]] = {}
+
+    def __init__(self, config: BackboneConfig, *, in_chans: int, bands: tuple[str, ...]):
         super().__init__(config, in_chans=in_chans, bands=bands)
-        net = getattr(torchvision.models, self.arch)(weights=None)
-        self.weights_info = self._load_weights(net, config)
-        self._replace_first_conv(net, config)
-        self.net = net
-        self._strip_classifier()
+        state, info = self._resolve_weights(config)
+        self.net = self.build_net(in_chans)
+        if state is not None:
+            state = self._adapt_state(strip_prefixes(state), info, config)
+            info["load"] = load_into(self.net, state, source=info.get("path") or config.weights,
+                                     skip_prefixes=self.classifier_prefixes())
+        self.weights_info = info
         self.frozen: list[nn.Module] = []
-        if config.freeze_blocks:
-            self.freeze(config.freeze_blocks)
+        finetune.apply_strategy(self, config)
+        self.weights_info["finetune"] = finetune.describe(self, config)
 
-    # -- weights ----------------------------------------------------------------------------
-    def _load_weights(self, net: nn.Module, config: TorchvisionBackboneConfig) -> dict[str, Any]:
-        info: dict[str, Any] = {"backbone": self.name, "requested": config.weights, "bands": list(self.bands),
-                                "in_chans": self.in_chans, "input_adapter": config.input_adapter,
-                                "sha256": None, "path": None, "warning": None, "normalisation": None}
+    # -- to implement ---------------------------------------------------------------------------
+    def build_net(self, in_chans: int) -> nn.Module:
+        raise NotImplementedError
+
+    def first_conv_key(self) -> str:
+        raise NotImplementedError
+
+    def classifier_prefixes(self) -> tuple[str, ...]:
+        return ()
+
+    def pretrained_request(self) -> WeightsRequest:
+        """What ``weights: imagenet`` (and ``auto``) load."""
+        raise WeightsError(f"backbone '{self.name}' has no default pretrained weights; use weights: none, run:<dir> or a file")
+
+    def named_request(self, choice: str) -> WeightsRequest | None:
+        """A request for a backbone-specific keyword (a weight tag, ``hf-hub:...``), or ``None``."""
+        if choice.startswith("hf-hub:"):
+            repo = choice[len("hf-hub:"):]
+            return WeightsRequest(what=f"weights from Hugging Face {repo}", filename=hf_flat_name(repo),
+                                  source="hf-hub", hf_repo=repo, meta={"origin": f"https://huggingface.co/{repo}"})
+        return None
+
+    # -- family support -------------------------------------------------------------------------
+    @classmethod
+    def make_subclass(cls, name: str, *, default_weights: str | None = None, doc: str | None = None, **attrs) -> type:
+        """A concrete subclass named ``name`` (cached, so resolving a name twice gives the same class)."""
+        key = (cls, name)
+        if key not in PretrainedBackbone._subclasses:
+            ns: dict[str, Any] = {"name": name, "__doc__": doc or cls.__doc__, "__module__": cls.__module__, **attrs}
+            ns.setdefault("arch_name", cls.arch_name or name)
+            if default_weights is not None:
+                ns["Config"] = create_model(f"{cls.Config.__name__}_{re.sub(r'[^A-Za-z0-9]', '_', name)}",
+                                            __base__=cls.Config,
+                                            weights=(str, Field(default_weights, description=cls.Config.model_fields["weights"].description)))
+            PretrainedBackbone._subclasses[key] = type(f"{cls.__name__}[{name}]", (cls,), ns)
+        return PretrainedBackbone._subclasses[key]
+
+    # -- weights --------------------------------------------------------------------------------
+    def _base_info(self, config: BackboneConfig) -> dict[str, Any]:
+        return {"backbone": self.name, "architecture": self.arch_name or self.name, "requested": config.weights,
+                "source": None, "bands": list(self.bands), "in_chans": self.in_chans,
+                "input_adapter": config.input_adapter, "sha256": None, "path": None, "warning": None,
+                "normalisation": None, "licence": None}
+
+    def _resolve_weights(self, config: BackboneConfig) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+        info = self._base_info(config)
         choice = config.weights.strip()
-        if choice.lower() == "none":
-            info.update(source="random")
-            return info
-        if choice.lower() in ("imagenet", "auto"):
-            path, fname, dirs = find_imagenet_file(self.arch)
-            if path is None:
-                msg = imagenet_missing_message(self.arch, fname, dirs)
-                if choice.lower() == "imagenet":
-                    raise WeightsError(msg)
-                warning = (f"RANDOM INITIALISATION: weights: auto found no ImageNet weights for {self.arch} offline "
-                           f"(expected '{fname}' in {' or '.join(map(str, dirs))}); results are from a network trained "
-                           f"from scratch. Put the file there or set ASTROTL_WEIGHTS_DIR to use ImageNet weights.")
-                warnings.warn(warning, RandomInitWarning, stacklevel=2)
+        low = choice.lower()
+        if low == "none":
+            info["source"] = "random"
+            return None, info
+        if low == "auto":
+            what = "pretrained weights"
+            try:
+                req = self.pretrained_request()
+                what = req.what
+                state, rec = load_request(req)
+            except WeightsError as exc:
+                warning = (f"RANDOM INITIALISATION: weights: auto found no {what} offline ({exc}); results are "
+                           f"from a network trained from scratch.")
+                warnings.warn(warning, RandomInitWarning, stacklevel=3)
                 log.warning(warning)
                 info.update(source="random", warning=warning)
-                return info
-            state = load_state_dict_file(path)
-            rec = file_record(path)
-            expected = fname.rsplit("-", 1)[-1].split(".")[0]
-            if not rec["sha256"].startswith(expected):
-                raise WeightsError(f"ImageNet file '{path}' has sha256 {rec['sha256'][:12]}..., expected it to start with "
-                                   f"{expected} (torchvision's published hash); the file is corrupt or not the "
-                                   f"official one: delete and re-download it")
-            load_into(net, state, source=str(path))
-            info.update(source="imagenet", normalisation=IMAGENET_NORMALISATION, **rec)
-            return info
-        state = strip_prefixes(load_state_dict_file(choice))
-        rec = file_record(choice)
-        first = self._first_conv_key()
-        w = state.get(first)
-        if w is not None and w.shape[1] != 3 and w.shape[1] != self.in_chans:
-            raise WeightsError(f"weights file '{choice}' was trained on {w.shape[1]} input bands; this data has "
-                               f"{self.in_chans} ({', '.join(self.bands)}); use weights made for these bands")
-        if w is not None and w.shape[1] == self.in_chans and self.in_chans != 3:
-            self._pending_first_conv = w  # already N-band: loaded after the conv is replaced
-            state = {k: v for k, v in state.items() if k != first}
-        load_into(net, state, source=choice, skip_prefixes=self._classifier_prefixes())
-        info.update(source="file", **rec)
-        return info
+                return None, info
+            info.update(rec)
+            return state, info
+        if low in ("imagenet", "pretrained"):
+            state, rec = load_request(self.pretrained_request())
+            info.update(rec)
+            return state, info
+        req = self.named_request(choice)
+        if req is not None:
+            state, rec = load_request(req)
+            info.update(rec)
+            return state, info
+        state, rec = load_spec_file(choice)
+        info.update(rec)
+        trained = rec.get("trained_backbone")
+        if trained and rec.get("source") == "run" and trained != (self.arch_name or self.name):
+            raise WeightsError(f"weights {choice} hold a '{trained}' backbone but this backbone is "
+                               f"'{self.arch_name or self.name}'; use backbone: {{name: {trained}}} "
+                               f"(or backbone: {{name: 'run:{rec.get('run', '...')}'}})")
+        return state, info
 
-    def _replace_first_conv(self, net: nn.Module, config: TorchvisionBackboneConfig) -> None:
-        parent, attr = self._first_conv_parent(net)
-        old: nn.Conv2d = getattr(parent, attr)
-        if self.in_chans == old.in_channels and getattr(self, "_pending_first_conv", None) is None:
-            return
-        new = nn.Conv2d(self.in_chans, old.out_channels, old.kernel_size, old.stride, old.padding,
-                        bias=old.bias is not None)
-        with torch.no_grad():
-            pending = getattr(self, "_pending_first_conv", None)
-            if pending is not None:
-                new.weight.copy_(pending)
-            elif self.weights_info["source"] != "random":
-                new.weight.copy_(adapt_first_conv(old.weight.detach(), self.in_chans, config.input_adapter,
-                                                  self.bands, config.rgb_bands))
-                self.weights_info["first_conv"] = f"adapted RGB -> {self.in_chans} bands ({config.input_adapter})"
-            if old.bias is not None:
-                new.bias.copy_(old.bias)
-        setattr(parent, attr, new)
+    def _adapt_state(self, state: dict[str, torch.Tensor], info: dict[str, Any], config: BackboneConfig) -> dict[str, torch.Tensor]:
+        key = self.first_conv_key()
+        w = state.get(key)
+        src = info.get("path") or config.weights
+        if w is None:
+            raise WeightsError(f"weights {src} have no first-convolution tensor '{key}' for {self.name}; they were "
+                               f"saved from another architecture: check the backbone name")
+        trained = info.get("trained_bands")
+        if w.shape[1] == self.in_chans:
+            if trained and list(trained) != list(self.bands) and self.in_chans != 3:
+                info["warning"] = (f"weights were trained on bands {list(trained)}, the data has {list(self.bands)}; "
+                                   f"the first convolution is used as is (same number of bands)")
+            return state
+        if w.shape[1] in (1, 3):
+            state = dict(state)
+            state[key] = adapt_first_conv(w, self.in_chans, config.input_adapter, self.bands, config.rgb_bands) \
+                if w.shape[1] == 3 else (w.repeat(1, self.in_chans, 1, 1) / self.in_chans)
+            how = config.input_adapter if w.shape[1] == 3 else "repeat"
+            from_bands = f"{list(trained)}" if trained else ("RGB" if w.shape[1] == 3 else "1 band")
+            info["first_conv"] = f"adapted {w.shape[1]} -> {self.in_chans} bands ({how}; from {from_bands} to {list(self.bands)})"
+            return state
+        raise WeightsError(f"weights {src} were trained on {w.shape[1]} input bands; this data has {self.in_chans} "
+                           f"({', '.join(self.bands)}); only 1- or 3-band weights can be adapted: use weights made for these bands")
 
-    # -- architecture hooks ---------------------------------------------------------------------
-    def _first_conv_key(self) -> str:
-        raise NotImplementedError
-
-    def _first_conv_parent(self, net: nn.Module) -> tuple[nn.Module, str]:
-        raise NotImplementedError
-
-    def _classifier_prefixes(self) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    def _strip_classifier(self) -> None:
-        raise NotImplementedError
+    def export_metadata(self) -> dict[str, Any]:
+        """Metadata written into ``backbone.safetensors`` by the engine (so ``run:`` can rebuild this backbone)."""
+        w = self.weights_info
+        return {"backbone": self.arch_name or self.name, "pretrained_from": w.get("source"),
+                "pretrained_sha256": w.get("sha256"), "pretrained_path": w.get("path"),
+                "first_conv": w.get("first_conv"), "licence": w.get("licence")}
 
     # -- freezing ---------------------------------------------------------------------------
     def freeze(self, n_blocks: int) -> None:
@@ -155,11 +259,16 @@ class TorchvisionBackbone(Backbone):
         blocks = self.blocks()
         if n_blocks > len(blocks):
             raise WeightsError(f"freeze_blocks={n_blocks} but {self.name} has only {len(blocks)} blocks")
-        self.frozen = blocks[:n_blocks]
-        for block in self.frozen:
-            for p in block.parameters():
-                p.requires_grad_(False)
-            block.eval()
+        for block in blocks[:n_blocks]:
+            finetune.freeze_module(block)
+            self.frozen.append(block)
+
+    def freeze_layers(self, k: int) -> None:
+        """Freeze the first ``k`` conv/linear layers (with their norms); see :func:`astrotl.finetune.weight_layers`."""
+        layers = finetune.weight_layers(self.net)
+        for layer in layers[:k]:
+            finetune.freeze_module(layer)
+            self.frozen.append(layer)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -168,19 +277,43 @@ class TorchvisionBackbone(Backbone):
         return self
 
 
+# -- torchvision ------------------------------------------------------------------------------
+
+
+class TorchvisionBackbone(PretrainedBackbone):
+    """Base of torchvision classification backbones; subclasses set ``arch``."""
+
+    arch: ClassVar[str] = ""
+    weight_options = "none | auto | imagenet | <torchvision tag> | run:<dir> | <file>"
+
+    def _torchvision_net(self) -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, self.arch)(weights=None)
+
+    def pretrained_request(self) -> WeightsRequest:
+        return torchvision_request(self.arch)
+
+    def named_request(self, choice: str) -> WeightsRequest | None:
+        if re.fullmatch(r"[A-Z0-9_]+_V\d+|DEFAULT", choice.upper()) and not choice.startswith(("run:", "/", ".")) \
+                and "." not in choice:
+            return torchvision_request(self.arch, choice)
+        return super().named_request(choice)
+
+
 class ResNetBackbone(TorchvisionBackbone):
-    def _first_conv_key(self) -> str:
+    def build_net(self, in_chans: int) -> nn.Module:
+        net = self._torchvision_net()
+        _replace_conv(net, "conv1", in_chans)
+        self.num_features = self.feature_channels = net.fc.in_features
+        net.fc = nn.Identity()
+        return net
+
+    def first_conv_key(self) -> str:
         return "conv1.weight"
 
-    def _first_conv_parent(self, net):
-        return net, "conv1"
-
-    def _classifier_prefixes(self):
+    def classifier_prefixes(self):
         return ("fc.",)
-
-    def _strip_classifier(self) -> None:
-        self.num_features = self.feature_channels = self.net.fc.in_features
-        self.net.fc = nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         n = self.net
@@ -193,21 +326,21 @@ class ResNetBackbone(TorchvisionBackbone):
 
 
 class VGGBackbone(TorchvisionBackbone):
-    def _first_conv_key(self) -> str:
-        return "features.0.weight"
-
-    def _first_conv_parent(self, net):
-        return net.features, "0"
-
-    def _classifier_prefixes(self):
-        return ("classifier.",)
-
-    def _strip_classifier(self) -> None:
+    def build_net(self, in_chans: int) -> nn.Module:
+        net = self._torchvision_net()
+        _replace_conv(net.features, "0", in_chans)
         # Keep the convolutional trunk; a global average pool replaces the 4096-wide FC layers,
         # which assume 224x224 inputs and hold 90% of the parameters.
         self.num_features = self.feature_channels = 512
-        self.net.classifier = nn.Identity()
-        self.net.avgpool = nn.Identity()
+        net.classifier = nn.Identity()
+        net.avgpool = nn.Identity()
+        return net
+
+    def first_conv_key(self) -> str:
+        return "features.0.weight"
+
+    def classifier_prefixes(self):
+        return ("classifier.",)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
@@ -224,41 +357,209 @@ class VGGBackbone(TorchvisionBackbone):
             stages.append(nn.Sequential(*current))
         return stages
 
-    def freeze_layers(self, k: int) -> None:
-        """Freeze the first ``k`` layers of ``features`` (as Stipp & Montana-Lopez froze VGG16's first 10)."""
-        layers = list(self.net.features)[:k]
-        for layer in layers:
-            for p in layer.parameters():
-                p.requires_grad_(False)
-        self.frozen = [m for m in layers if isinstance(m, nn.BatchNorm2d)] + self.frozen
+
+class ConvNeXtTVBackbone(TorchvisionBackbone):
+    def build_net(self, in_chans: int) -> nn.Module:
+        net = self._torchvision_net()
+        _replace_conv(net.features[0], "0", in_chans)
+        self.num_features = self.feature_channels = net.classifier[2].in_features
+        net.classifier[2] = nn.Identity()  # keep the LayerNorm and flatten: net(x) is the pooled, normalised feature
+        return net
+
+    def first_conv_key(self) -> str:
+        return "features.0.0.weight"
+
+    def classifier_prefixes(self):
+        return ("classifier.2.",)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def blocks(self) -> list[nn.Module]:
+        """Stem, then each stage with the downsampling layer before it (the final norm joins the last)."""
+        f = self.net.features
+        return [f[0], f[1], nn.ModuleList([f[2], f[3]]), nn.ModuleList([f[4], f[5]]),
+                nn.ModuleList([f[6], f[7], self.net.classifier[0]])]
 
 
-class ResNet18Backbone(ResNetBackbone):
-    """ResNet-18 (He et al. 2016) from torchvision; Wei et al. 2020's first architecture."""
-
-    name = "resnet18"
-    arch = "resnet18"
+def _tv(base: type, arch: str, doc: str) -> type:
+    return type(f"{arch.title().replace('_', '')}Backbone", (base,), {"name": arch, "arch": arch, "arch_name": arch,
+                                                                      "__doc__": doc, "__module__": __name__})
 
 
-class ResNet50Backbone(ResNetBackbone):
-    """ResNet-50 from torchvision."""
-
-    name = "resnet50"
-    arch = "resnet50"
-
-
-class VGG19BNBackbone(VGGBackbone):
-    """VGG-19 with batch normalisation from torchvision; Wei et al. 2020's second architecture."""
-
-    name = "vgg19_bn"
-    arch = "vgg19_bn"
-
-
-class VGG16Backbone(VGGBackbone):
-    """VGG-16 from torchvision (Stipp & Montana-Lopez's open/globular cluster classifier)."""
-
-    name = "vgg16"
-    arch = "vgg16"
+ResNet18Backbone = _tv(ResNetBackbone, "resnet18", "ResNet-18 (He et al. 2016) from torchvision; Wei et al. 2020's first architecture.")
+ResNet34Backbone = _tv(ResNetBackbone, "resnet34", "ResNet-34 from torchvision.")
+ResNet50Backbone = _tv(ResNetBackbone, "resnet50", "ResNet-50 from torchvision (weights: IMAGENET1K_V1 or IMAGENET1K_V2).")
+ResNet101Backbone = _tv(ResNetBackbone, "resnet101", "ResNet-101 from torchvision.")
+VGG11BNBackbone = _tv(VGGBackbone, "vgg11_bn", "VGG-11 with batch normalisation from torchvision.")
+VGG16Backbone = _tv(VGGBackbone, "vgg16", "VGG-16 from torchvision (Stipp & Montana-Lopez's open/globular cluster classifier).")
+VGG16BNBackbone = _tv(VGGBackbone, "vgg16_bn", "VGG-16 with batch normalisation from torchvision.")
+VGG19BNBackbone = _tv(VGGBackbone, "vgg19_bn", "VGG-19 with batch normalisation from torchvision; Wei et al. 2020's second architecture.")
+ConvNeXtTinyBackbone = _tv(ConvNeXtTVBackbone, "convnext_tiny", "ConvNeXt-Tiny (Liu et al. 2022) from torchvision.")
+ConvNeXtSmallBackbone = _tv(ConvNeXtTVBackbone, "convnext_small", "ConvNeXt-Small from torchvision.")
+ConvNeXtBaseBackbone = _tv(ConvNeXtTVBackbone, "convnext_base", "ConvNeXt-Base from torchvision.")
 
 
-BUILTIN_BACKBONES = [ResNet18Backbone, ResNet50Backbone, VGG19BNBackbone, VGG16Backbone]
+# -- timm -------------------------------------------------------------------------------------
+
+
+class TimmBackbone(PretrainedBackbone):
+    """Any timm model as timm:<name> (e.g. timm:convnext_nano, timm:resnet50.a1_in1k), N-band input."""
+
+    name = "timm:*"
+    weight_options = "none | auto | imagenet (timm's default tag) | hf-hub:<org/repo> | run:<dir> | <file>"
+    model_name: ClassVar[str] = ""
+    model_args: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def resolve_family(cls, suffix: str, registry=None) -> type:
+        import timm
+
+        if not suffix:
+            raise UnknownNameError("backbone 'timm:' needs a model name, e.g. timm:resnet18 or timm:convnext_nano; "
+                                   "`python -c \"import timm; print(timm.list_models())\"` lists them")
+        arch = suffix.split(".")[0]
+        if not timm.is_model(arch):
+            raise UnknownNameError(f"unknown timm model '{suffix}'{did_you_mean(arch, timm.list_models())}; "
+                                   f"`python -c \"import timm; print(timm.list_models('*{arch[:4]}*'))\"` lists similar ones")
+        return cls.make_subclass(f"timm:{suffix}", model_name=suffix,
+                                 doc=f"timm model {suffix} (num_classes=0, N-band first convolution).")
+
+    def build_net(self, in_chans: int) -> nn.Module:
+        import timm
+
+        if not self.model_name:
+            raise UnknownNameError("the timm:* family is not a backbone itself; name a model, e.g. timm:resnet18")
+        net = timm.create_model(self.model_name, pretrained=False, num_classes=0, in_chans=in_chans, **self.model_args)
+        self.num_features = int(net.num_features)
+        info = getattr(net, "feature_info", None)
+        self.feature_channels = int(info[-1]["num_chs"]) if info else self.num_features
+        return net
+
+    def first_conv_key(self) -> str:
+        first = self.net.pretrained_cfg.get("first_conv") or "conv1"
+        if isinstance(first, (list, tuple)):
+            first = first[0]
+        return f"{first}.weight"
+
+    def classifier_prefixes(self):
+        head = self.net.pretrained_cfg.get("classifier") or "fc"
+        heads = head if isinstance(head, (list, tuple)) else [head]
+        return tuple(f"{h}." for h in heads)
+
+    def pretrained_request(self) -> WeightsRequest:
+        return timm_request(self.model_name)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``forward_features``: ``[B, C, h, w]`` for CNNs (tokens for transformers)."""
+        return self.net.forward_features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # timm's own pooling and pre-logits norm (num_classes=0)
+
+    def blocks(self) -> list[nn.Module]:
+        """timm's coarse parameter groups (stem, stages): ``model.group_matcher(coarse=True)``."""
+        names = getattr(self, "_block_names", None)
+        if names is None:
+            from timm.models._manipulate import group_modules
+
+            groups = [list(v) for _, v in sorted(group_modules(self.net, self.net.group_matcher(coarse=True)).items())]
+            mods = dict(self.net.named_modules())
+            conv_like = (nn.Conv2d, nn.Linear)
+            # a trailing group holding only norms (e.g. ConvNeXt's head.norm) belongs to the last stage
+            while len(groups) > 1 and not any(isinstance(mods[n], conv_like) for n in groups[-1]):
+                groups[-2].extend(groups.pop())
+            names = self._block_names = groups
+        mods = dict(self.net.named_modules())
+        return [nn.ModuleList([mods[n] for n in g]) for g in names]
+
+
+# -- Zoobot -----------------------------------------------------------------------------------
+
+
+class ZoobotBackbone(TimmBackbone):
+    """Zoobot galaxy encoders as zoobot:<name> (Hugging Face mwalmsley/zoobot-encoder-<name>), from the local HF cache."""
+
+    name = "zoobot:*"
+    weight_options = "zoobot (default) | auto | none | <Zoobot .ckpt or file> | run:<dir>"
+    zoobot_name: ClassVar[str] = ""
+
+    @classmethod
+    def resolve_family(cls, suffix: str, registry=None) -> type:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", suffix or ""):
+            raise UnknownNameError(f"bad Zoobot encoder name '{suffix}'; use e.g. zoobot:convnext_nano "
+                                   f"(known: {', '.join(sorted(ZOOBOT_ENCODERS))})")
+        cfg = zoobot_config(suffix)
+        if cfg is not None:
+            arch = cfg.get("architecture") or cfg.get("pretrained_cfg", {}).get("architecture")
+            model_args = dict(cfg.get("model_args") or {})
+        else:
+            arch, model_args = ZOOBOT_ENCODERS.get(suffix), {}
+        if not arch:
+            raise UnknownNameError(
+                f"unknown Zoobot encoder '{suffix}'{did_you_mean(suffix, ZOOBOT_ENCODERS)}: its architecture is not "
+                f"known offline; known: {', '.join(sorted(ZOOBOT_ENCODERS))}; for another published encoder put its "
+                f"Hugging Face repo {zoobot_repo(suffix)} (config.json + model.safetensors) in the HF cache")
+        model_args.pop("in_chans", None)
+        model_args.pop("num_classes", None)
+        return cls.make_subclass(f"zoobot:{suffix}", default_weights="zoobot", model_name=arch, model_args=model_args,
+                                 zoobot_name=suffix,
+                                 doc=f"Zoobot encoder {suffix} (timm {arch}; Hugging Face {zoobot_repo(suffix)}).")
+
+    def pretrained_request(self) -> WeightsRequest:
+        return zoobot_request(self.zoobot_name)
+
+    def named_request(self, choice: str) -> WeightsRequest | None:
+        if choice.lower() == "zoobot":
+            return zoobot_request(self.zoobot_name)
+        return super().named_request(choice)
+
+    def _resolve_weights(self, config):
+        if config.weights.strip().lower() == "imagenet":
+            raise WeightsError(f"{self.name} is a Zoobot encoder (galaxy-pretrained), it has no ImageNet weights; use "
+                               f"weights: zoobot, or backbone timm:{self.model_name} for ImageNet weights")
+        return super()._resolve_weights(config)
+
+
+# -- earlier runs -----------------------------------------------------------------------------
+
+
+class RunBackbone(Backbone):
+    """The backbone exported by an earlier astrotl run, as run:<run dir> (its architecture and weights)."""
+
+    name = "run:*"
+    Config = BackboneConfig
+    weight_options = "run:<dir> (default) | any option of its architecture"
+
+    @classmethod
+    def resolve_family(cls, suffix: str, registry=None) -> type:
+        path = resolve_run_dir(f"run:{suffix}")
+        meta = read_metadata(path)
+        arch = meta.get("backbone")
+        if not arch:
+            raise WeightsError(f"'{path}' has no 'backbone' in its metadata, so its architecture is unknown; use "
+                               f"backbone: {{name: <architecture>, weights: run:{suffix}}}")
+        if registry is None:
+            from .plugins import load_registries
+
+            registry = load_registries().backbones
+        base = registry.get(arch)
+        if not (isinstance(base, type) and issubclass(base, PretrainedBackbone)):
+            raise WeightsError(f"the run's backbone '{arch}' cannot be rebuilt by name; use "
+                               f"backbone: {{name: {arch}, weights: run:{suffix}}}")
+        return base.make_subclass(f"run:{suffix}", default_weights=f"run:{suffix}", arch_name=base.arch_name or base.name,
+                                  doc=f"{arch} backbone exported by the run {suffix}.")
+
+    def forward_features(self, x):  # pragma: no cover -- never instantiated
+        raise NotImplementedError
+
+    def blocks(self):  # pragma: no cover
+        raise NotImplementedError
+
+
+BUILTIN_BACKBONES = [ResNet18Backbone, ResNet34Backbone, ResNet50Backbone, ResNet101Backbone, VGG11BNBackbone,
+                     VGG16Backbone, VGG16BNBackbone, VGG19BNBackbone, ConvNeXtTinyBackbone, ConvNeXtSmallBackbone,
+                     ConvNeXtBaseBackbone, TimmBackbone, ZoobotBackbone, RunBackbone]

@@ -1,8 +1,15 @@
-"""astrotl's built-in plugin: generic backbones, heads and tasks (no survey knowledge)."""
+"""astrotl's built-in plugin: generic data sets, backbones, heads and tasks (no survey knowledge)."""
 
 from __future__ import annotations
 
 from .hookspecs import hookimpl
+
+
+@hookimpl
+def astrotl_register_datasets():
+    from .datasets import BUILTIN_DATASETS
+
+    return list(BUILTIN_DATASETS)
 
 
 @hookimpl

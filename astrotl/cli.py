@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
 
 #: Modules that add sub-commands: each has ``COMMAND`` (its name), ``add_parser(subparsers)`` and
 #: ``run(args, out) -> int``. Kept in their own modules so the core CLI stays small.
-EXTRA_COMMANDS: list[str] = []
+EXTRA_COMMANDS: list[str] = ["astrotl.cli_ensemble", "astrotl_phangs.cli_compare", "astrotl.cli_cutouts", "astrotl.cli_weights"]
 
 
 def _extra_command_modules():
@@ -102,7 +102,7 @@ def cmd_list(args, out) -> int:
             cls = reg.get(name)
             extra = ""
             if k == "backbones" and "weights" in cls.Config.model_fields:
-                extra = "  [weights: none | imagenet | auto | <file>]"
+                extra = f"  [weights: {getattr(cls, 'weight_options', 'none | imagenet | auto | <file>')}]"
             out.write(f"  {name:22s} {cls.summary()}  (plugin: {reg.plugin_of(name)}){extra}\n")
     return 0
 

@@ -181,6 +181,33 @@ def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, ...], i
     return data, _line_map(text)
 
 
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree.
+
+    Task files use it for data locations, e.g. ``root: ${ASTROTL_SHARED_DATA:-../shared/data}/gz1_dev``.
+    An unset variable without a default is an error naming it.
+    """
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if isinstance(value, str) and "${" in value:
+        def sub(m: re.Match) -> str:
+            var, default = m.group(1), m.group(2)
+            import os
+
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {var} is not set (used as ${{{var}}}); set it or write ${{{var}:-default}}")
+        return _ENV.sub(sub, value)
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides (values parsed as YAML) to a copy of ``data``."""
     out = copy.deepcopy(data)
@@ -195,6 +222,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a number was meant
+            try:
+                value = float(value) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value) else value
+            except ValueError:
+                pass
         node = out
         for k in parts[:-1]:
             if k not in node or node[k] is None:
@@ -269,7 +301,7 @@ def resolve(data: dict[str, Any], registries: Registries, *, source: str | Path 
         except ConfigError as exc:
             line = lines.get((section, "name"))
             at = f"{where} line {line}" if line else where
-            raise ConfigError(f"{at}: {exc}") from None
+            raise type(exc)(f"{at}: {exc}") from None
         try:
             cfg = cls.Config.model_validate(raw)
         except ValidationError as exc:
@@ -281,5 +313,5 @@ def resolve(data: dict[str, Any], registries: Registries, *, source: str | Path 
 def load_config(path: str | Path, registries: Registries, overrides: list[str] | None = None) -> ResolvedConfig:
     """Read, override and validate a task file."""
     data, lines = load_yaml(path)
-    data = apply_overrides(data, overrides or [])
+    data = expand_env(apply_overrides(data, overrides or []))
     return resolve(data, registries, source=path, lines=lines)

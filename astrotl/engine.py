@@ -94,7 +94,9 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.optim_cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        from .finetune import param_groups
+
+        params = param_groups(self.model, c.lr)  # trainable parameters; per-block lr with backbone.lr_decay
         if not params:
             raise ConfigError("every parameter is frozen: nothing to train; lower backbone.freeze_blocks")
         if c.optimizer == "sgd":
@@ -128,7 +130,7 @@ class HistoryCallback(Callback):
         self.rows: list[dict[str, float]] = []
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # not the final trainer.validate()
             return
         row = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)}
         for k, v in trainer.callback_metrics.items():
@@ -298,7 +300,8 @@ def export_weights(asm: Assembly, rundir: RunDirectory) -> None:
     meta = {"format": "astrotl", "astrotl_version": __version__, "backbone": asm.backbone.name,
             "bands": list(asm.info.bands), "in_chans": asm.backbone.in_chans, "run": str(rundir.path),
             "task": asm.task.name, "classes": list(asm.info.classes or []),
-            "pretrained_from": asm.backbone.weights_info.get("source")}
+            "pretrained_from": asm.backbone.weights_info.get("source"),
+            "data": asm.config.to_dict()["data"], **getattr(asm.backbone, "export_metadata", dict)()}
     model_state = {k: v.detach().cpu().contiguous() for k, v in asm.model.state_dict().items()}
     with atomic_path(rundir.path / "model.safetensors") as tmp:
         save_file(model_state, str(tmp), metadata=_safetensors_meta(meta))

@@ -45,6 +45,9 @@ class Registry:
         name = getattr(cls, "name", "")
         if not name:
             raise PluginError(f"plugin '{plugin}': {cls.__name__} has no 'name' class attribute; set one (its YAML key)")
+        if name.endswith(":*") and not callable(getattr(cls, "resolve_family", None)):
+            raise PluginError(f"plugin '{plugin}': {cls.__name__} is registered as the family '{name}' but has no "
+                              f"classmethod resolve_family(suffix, registry) returning the class for '{name[:-1]}<suffix>'")
         if name in self._items and self._items[name] is not cls:
             raise PluginError(
                 f"{SINGULAR[self.kind]} name '{name}' is registered twice, by '{self._plugin[name]}' "
@@ -54,22 +57,42 @@ class Registry:
         self._plugin[name] = plugin
 
     def get(self, name: str) -> type:
-        try:
+        """The class registered as ``name``.
+
+        A class registered under a *family* name ``"prefix:*"`` (e.g. ``timm:*``) answers every
+        ``prefix:<anything>`` through its classmethod ``resolve_family(suffix, registry)``, which
+        returns a concrete class (or raises :class:`UnknownNameError` with a "did you mean").
+        """
+        if name in self._items:
             return self._items[name]
-        except KeyError:
+        prefix, sep, suffix = str(name).partition(":")
+        family = self._items.get(f"{prefix}:*") if sep else None
+        if family is not None:
+            return family.resolve_family(suffix, self)
+        if sep:
+            families = [n[:-1] for n in self._items if n.endswith(":*")]
             raise UnknownNameError(
-                f"unknown {SINGULAR[self.kind]} '{name}'{did_you_mean(name, self._items)}; "
-                f"`astrotl list {self.kind}` shows the {len(self._items)} available"
-            ) from None
+                f"unknown {SINGULAR[self.kind]} family '{prefix}:'{did_you_mean(prefix + ':', families)}; "
+                f"families: {', '.join(f'{f}<name>' for f in sorted(families)) or 'none'}"
+            )
+        raise UnknownNameError(
+            f"unknown {SINGULAR[self.kind]} '{name}'{did_you_mean(name, self._items)}; "
+            f"`astrotl list {self.kind}` shows the {len(self._items)} available"
+        )
 
     def plugin_of(self, name: str) -> str:
+        if name not in self._plugin and ":" in name:
+            return self._plugin[f"{name.partition(':')[0]}:*"]
         return self._plugin[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        if name in self._items:
+            return True
+        prefix, sep, _ = str(name).partition(":")
+        return bool(sep) and f"{prefix}:*" in self._items
 
     def __iter__(self):
         return iter(self.names())

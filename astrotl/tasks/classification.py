@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torchmetrics
 from astropy.table import Table
 from pydantic import Field, model_validator
 from torch import nn
@@ -111,6 +110,8 @@ class ClassificationTask(Task):
         return loss, logits
 
     def make_metrics(self) -> nn.ModuleDict:
+        import torchmetrics  # imported here: it takes seconds, and `astrotl list` does not need it
+
         n = len(self.classes)
         return nn.ModuleDict({
             "acc": torchmetrics.classification.MulticlassAccuracy(num_classes=n, average="micro"),

@@ -1,0 +1,17 @@
+"""Built-in, survey-agnostic data sets.
+
+:class:`CatalogCutoutDataset` (``catalog_cutouts``)
+    Multi-band stamps cut from memory-mapped FITS mosaics at catalogue positions.
+:class:`ImageFolderDataset` (``image_folder``)
+    PNG / JPEG / FITS files listed in a labels table (e.g. Galaxy Zoo JPEGs, exported MEF cutouts).
+"""
+
+from __future__ import annotations
+
+from .cutouts import CatalogCutoutConfig, CatalogCutoutDataset
+from .image_folder import ImageFolderConfig, ImageFolderDataset
+
+BUILTIN_DATASETS = (CatalogCutoutDataset, ImageFolderDataset)
+
+__all__ = ["BUILTIN_DATASETS", "CatalogCutoutConfig", "CatalogCutoutDataset", "ImageFolderConfig",
+           "ImageFolderDataset"]
