@@ -59,13 +59,34 @@ def _parser() -> argparse.ArgumentParser:
 
 #: Modules that add sub-commands: each has ``COMMAND`` (its name), ``add_parser(subparsers)`` and
 #: ``run(args, out) -> int``. Kept in their own modules so the core CLI stays small.
-EXTRA_COMMANDS: list[str] = ["astrotl.cli_ensemble", "astrotl_phangs.cli_compare", "astrotl.cli_cutouts", "astrotl.cli_weights"]
+EXTRA_COMMANDS: list[str] = ["astrotl.cli_ensemble", "astrotl.cli_cutouts", "astrotl.cli_weights"]
+
+
+_PLUGIN_COMMANDS: list = []
 
 
 def _extra_command_modules():
+    """Core command modules plus those plugins register with ``astrotl_register_commands``."""
     import importlib
 
-    return [importlib.import_module(m) for m in EXTRA_COMMANDS]
+    return [importlib.import_module(m) for m in EXTRA_COMMANDS] + list(_PLUGIN_COMMANDS)
+
+
+def _load_plugin_commands(argv: list[str] | None) -> None:
+    """Collect plugin sub-commands before parsing (honours --disable-plugin)."""
+    from .plugins import make_plugin_manager
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--disable-plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    pm = make_plugin_manager(disable=known.disable_plugin)
+    _PLUGIN_COMMANDS.clear()
+    core = {m.rsplit(".", 1)[-1] for m in EXTRA_COMMANDS}
+    for result in pm.hook.astrotl_register_commands():
+        for module in result or []:
+            if getattr(module, "COMMAND", None) in COMMANDS or module.__name__.rsplit(".", 1)[-1] in core:
+                continue
+            _PLUGIN_COMMANDS.append(module)
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
@@ -161,6 +182,11 @@ COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema"
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        _load_plugin_commands(argv)
+    except AstrotlError as exc:
+        sys.stderr.write(f"astrotl: error: {' '.join(str(exc).split())}\n")
+        return 2
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -138,10 +138,18 @@ class HistoryCallback(Callback):
                 row[k.removesuffix("_epoch")] = float(v)
         self.rows = [r for r in self.rows if r["epoch"] != row["epoch"]] + [row]
 
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t0 = time.time()
+
     def on_train_epoch_end(self, trainer, pl_module):
         # train_loss is only final at the end of the train epoch (after validation ran)
         if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch and "train_loss" in trainer.callback_metrics:
             self.rows[-1]["train_loss"] = float(trainer.callback_metrics["train_loss"])
+        if trainer.is_global_zero and self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
+            r = self.rows[-1]
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in r.items() if k not in ("epoch", "step"))
+            log.info("epoch %d/%d  %s  (%.1f s)", r["epoch"] + 1, trainer.max_epochs, shown,
+                     time.time() - getattr(self, "_t0", time.time()))
 
     def table(self) -> Table:
         if not self.rows:
@@ -427,7 +435,9 @@ def _write_outputs(asm: Assembly, rundir: RunDirectory, trainer: L.Trainer, hist
     plots = task.plots(preds, metrics, hist, rundir.plots)
     export_weights(asm, rundir)
     _write_report(asm, rundir, preds, metrics, tables, plots, best_path)
-    rundir.write_status(status="finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_time_s=metrics["wall_time_s"])
+    rundir.write_status(status="finished", ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_time_s=metrics["wall_time_s"],
+                        world_size=int(trainer.world_size), strategy=type(trainer.strategy).__name__,
+                        accelerator=type(trainer.accelerator).__name__)
     registries.pm.hook.astrotl_run_finished(run_dir=rundir.path, config=asm.config.to_dict(), metrics=metrics)
 
 

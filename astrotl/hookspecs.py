@@ -51,6 +51,16 @@ def astrotl_register_tasks() -> list[type]:
     """Return :class:`astrotl.interfaces.Task` subclasses to register."""
 
 
+@hookspec
+def astrotl_register_commands() -> list:
+    """Return command modules (or objects) adding ``astrotl`` sub-commands.
+
+    Each has ``COMMAND`` (the sub-command name), ``add_parser(subparsers)`` (adds an argparse
+    sub-parser named ``COMMAND``) and ``run(args, out) -> int`` (the exit code; raise
+    :class:`astrotl.errors.AstrotlError` for user errors).
+    """
+
+
 # -- run phase: called by the engine around a run --------------------------------------------
 
 

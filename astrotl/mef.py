@@ -95,8 +95,8 @@ def write_mef(path: str | os.PathLike, image: np.ndarray, bands: Sequence[str], 
         ``[C, H, W]`` stamp.
     bands : sequence of str
         One name per channel; each becomes an HDU's ``EXTNAME``.
-    wcs : sequence of astropy.wcs.WCS or None, optional
-        Per-band WCS of the stamp (from ``Cutout2D``).
+    wcs : sequence of astropy.wcs.WCS or astropy.io.fits.Header or None, optional
+        Per-band WCS of the stamp (from ``Cutout2D``), or a ready WCS header.
     meta : dict, optional
         Keywords for the primary header (keys up to 8 characters; longer ones use HIERARCH).
 
@@ -123,15 +123,40 @@ def write_mef(path: str | os.PathLike, image: np.ndarray, bands: Sequence[str], 
             hdr[str(k).upper()] = _header_value(v)
     hdus = [primary]
     for c, band in enumerate(bands):
-        h = fits.Header()
-        if wcs is not None and wcs[c] is not None:
-            h.update(wcs[c].to_header())
+        w = wcs[c] if wcs is not None else None
+        h = w.copy() if isinstance(w, fits.Header) else w.to_header() if w is not None else fits.Header()
         h["FILTER"] = band
         hdus.append(fits.ImageHDU(image[c], header=h, name=str(band).upper()))
     dest = Path(path)
     with atomic_path(dest) as tmp:
-        fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="silentfix")
+        fits.HDUList(hdus).writeto(tmp, overwrite=True, output_verify="ignore")  # headers are built here
     return dest
+
+
+class _WCSHeaders:
+    """Per-band WCS headers of cutouts: built once per band, then only CRPIX changes (what Cutout2D changes)."""
+
+    def __init__(self):
+        self._templates: dict[int, Any] = {}
+
+    def __call__(self, wcs_list: Sequence) -> list:
+        out = []
+        for c, w in enumerate(wcs_list):
+            if w is None:
+                out.append(None)
+                continue
+            if c not in self._templates:
+                self._templates[c] = (w.to_header(), w)
+            header, first = self._templates[c]
+            same = (first.wcs.ctype == w.wcs.ctype and np.array_equal(first.wcs.crval, w.wcs.crval)
+                    and np.array_equal(first.wcs.get_pc(), w.wcs.get_pc()) and np.array_equal(first.wcs.cdelt, w.wcs.cdelt))
+            if not same:
+                out.append(w)
+                continue
+            h = header.copy()
+            h["CRPIX1"], h["CRPIX2"] = float(w.wcs.crpix[0]), float(w.wcs.crpix[1])
+            out.append(h)
+        return out
 
 
 def read_mef(path: str | os.PathLike, bands: Sequence[str] | None = None) -> MEFCutout:
@@ -208,6 +233,7 @@ def export_cutouts(dataset, out_dir: str | os.PathLike, *, pattern: str = "{id}.
     files, written = [], []
     labels = cat["class"] if "class" in cat.colnames else None
     step = max(1, n // 10)
+    headers = _WCSHeaders()
     for i in range(n):
         name = pattern.format(id=safe_filename(cat["id"][i]), index=i)
         dest = out / name
@@ -223,7 +249,7 @@ def export_cutouts(dataset, out_dir: str | os.PathLike, *, pattern: str = "{id}.
             meta["RA"], meta["DEC"] = float(cat["ra"][i]), float(cat["dec"][i])
         if labels is not None and str(labels[i]):
             meta["CLASS"] = str(labels[i])
-        write_mef(dest, stamp, bands, wcs=wcs, meta=meta)
+        write_mef(dest, stamp, bands, wcs=headers(wcs), meta=meta)
         written.append(True)
         if (i + 1) % step == 0:
             log.log(logging.INFO if n >= 1000 else logging.DEBUG, "exported %d / %d cutouts", i + 1, n)

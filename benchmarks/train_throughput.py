@@ -91,6 +91,13 @@ def _autocast(device, precision: str):
     return contextlib.nullcontext()
 
 
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return float("nan")
+
+
 def make_timer_callback(warmup: int, steps: int):
     """A Lightning callback recording batch-end and validation timestamps."""
     from lightning.pytorch.callbacks import Callback
@@ -98,14 +105,18 @@ def make_timer_callback(warmup: int, steps: int):
     class StepTimer(Callback):
         def __init__(self):
             self.batch_end: list[float] = []  # perf_counter at the end of global step i (0-based)
+            self.batch_end_cpu: list[float] = []  # process_time (CPU seconds of this process, all threads)
             self.batch_sizes: list[int] = []
             self.val_spans: list[tuple[float, float]] = []
+            self.val_spans_cpu: list[tuple[float, float]] = []
             self._val_start: float | None = None
+            self._val_start_cpu = 0.0
             self.device = None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             _sync(pl_module.device)
             self.batch_end.append(time.perf_counter())
+            self.batch_end_cpu.append(time.process_time())
             self.batch_sizes.append(int(batch["image"].shape[0]))
             self.device = pl_module.device
 
@@ -114,12 +125,14 @@ def make_timer_callback(warmup: int, steps: int):
                 return
             _sync(pl_module.device)
             self._val_start = time.perf_counter()
+            self._val_start_cpu = time.process_time()
 
         def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking or self._val_start is None:
                 return
             _sync(pl_module.device)
             self.val_spans.append((self._val_start, time.perf_counter()))
+            self.val_spans_cpu.append((self._val_start_cpu, time.process_time()))
             self._val_start = None
 
         def window(self) -> dict[str, Any]:
@@ -128,7 +141,9 @@ def make_timer_callback(warmup: int, steps: int):
             t0, t1 = self.batch_end[warmup - 1], self.batch_end[warmup + steps - 1]
             images = sum(self.batch_sizes[warmup:warmup + steps])
             val = sum(max(0.0, min(b, t1) - max(a, t0)) for a, b in self.val_spans)
-            return {"t0": t0, "t1": t1, "images": images, "val_s": val}
+            c0, c1 = self.batch_end_cpu[warmup - 1], self.batch_end_cpu[warmup + steps - 1]
+            val_cpu = sum(max(0.0, min(b, c1) - max(a, c0)) for a, b in self.val_spans_cpu)
+            return {"t0": t0, "t1": t1, "images": images, "val_s": val, "cpu_s": c1 - c0 - val_cpu}
 
     return StepTimer()
 
@@ -163,6 +178,7 @@ def measure_engine(config, warmup: int, steps: int) -> dict[str, Any]:
         "images": w["images"], "window_s": span, "validation_in_window_s": w["val_s"],
         "images_per_s": w["images"] / (span - w["val_s"]),
         "images_per_s_incl_val": w["images"] / span,
+        "cpu_s": w["cpu_s"], "images_per_cpu_s": w["images"] / w["cpu_s"],
         "steps_run": len(timer.batch_end), "fit_total_s": fit_s, "build_s": build_s,
         "device": str(timer.device), "assembly": asm, "train_loader": train_loader,
         "steps_per_epoch": len(train_loader),
@@ -204,12 +220,13 @@ def measure_raw(config, asm, train_loader, device, warmup: int, steps: int) -> d
     for _ in range(warmup):
         step()
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     _sync(device)
-    span = time.perf_counter() - t0
-    return {"images": n * steps, "window_s": span, "images_per_s": n * steps / span, "batch_size": n}
+    span, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"images": n * steps, "window_s": span, "images_per_s": n * steps / span, "batch_size": n,
+            "cpu_s": cpu, "images_per_cpu_s": n * steps / cpu}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).propagate = False
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
@@ -265,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     if config.run.trainer.accumulate_grad_batches != 1:
         p.error("trainer.accumulate_grad_batches must be 1 for this benchmark")
 
+    load_before = _loadavg()
     eng = measure_engine(config, warmup, args.steps)
     device = torch.device(eng["device"])
     raw = measure_raw(config, eng["assembly"], eng["train_loader"], device, min(warmup, 10), args.steps)
+    load_after = _loadavg()
     ratio = eng["images_per_s"] / raw["images_per_s"]
     ratio_val = eng["images_per_s_incl_val"] / raw["images_per_s"]
+    ratio_cpu = eng["images_per_cpu_s"] / raw["images_per_cpu_s"]
 
     c = config.run
     ds_name = config.component("data")[0].name
@@ -289,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"raw train step : {raw['images_per_s']:8.1f} images/s  ({raw['images']} images in {raw['window_s']:.2f} s)")
     print(f"ratio          : {ratio:.3f}  (engine / raw; target >= 0.9)  "
           f"[{ratio_val:.3f} with validation counted]")
+    print(f"per CPU-second : engine {eng['images_per_cpu_s']:.1f}, raw {raw['images_per_cpu_s']:.1f} images per "
+          f"process CPU-second, ratio {ratio_cpu:.3f}")
+    print(f"load average   : {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs)")
+    if device.type == "cpu" and max(load_before, load_after) > 0.5 + (os.cpu_count() or 1):
+        print("warning        : the machine was busy with other processes; wall-clock numbers (and the ratio) are "
+              "unreliable -- rerun on an idle machine, or compare the per-CPU-second ratio", file=sys.stderr)
 
     if args.json:
         out = {
@@ -297,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "engine": {k: v for k, v in eng.items() if k not in ("assembly", "train_loader")},
-            "raw": raw, "ratio": ratio, "ratio_incl_validation": ratio_val,
+            "raw": raw, "ratio": ratio, "ratio_incl_validation": ratio_val, "ratio_cpu_time": ratio_cpu,
+            "load_average": [load_before, load_after],
             "run_name": c.name,
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

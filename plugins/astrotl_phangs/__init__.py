@@ -24,3 +24,10 @@ def astrotl_register_tasks():
     from .task import PhangsClusterTask
 
     return [PhangsClusterTask]
+
+
+@hookimpl
+def astrotl_register_commands():
+    from . import cli_compare
+
+    return [cli_compare]
