@@ -460,7 +460,7 @@ def _write_report(asm: Assembly, rundir: RunDirectory, preds: Table, metrics: di
         f"- head: `{asm.head.name}`; optimiser {c.run.optim.optimizer}, lr {c.run.optim.lr:g}, batch {c.run.trainer.batch_size}",
         f"- samples: train {metrics['n_train']}, validation {metrics['n_val']}, test {metrics['n_test']}; "
         f"epochs trained {metrics['epochs_trained']}; wall time {metrics['wall_time_s']:.0f} s",
-        f"- best checkpoint: `{Path(best_path).relative_to(rundir.path) if best_path else 'n/a'}` "
+        f"- best checkpoint: `{os.path.relpath(Path(best_path).resolve(), rundir.path.resolve()) if best_path else 'n/a'}` "
         f"(validation loss {metrics.get('best_val_loss', float('nan')):.4f})",
         "", "## Results", "", asm.task.report(preds, {k.removeprefix('test_'): v for k, v in metrics.items()}, tables),
     ]

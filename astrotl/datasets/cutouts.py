@@ -68,7 +68,7 @@ from pydantic import Field, field_validator, model_validator
 from ..catalogs import check_unique_ids, pixel_positions, read_catalog, require_columns, sky_positions
 from ..data import NormalizeConfig, normalize_images, robust_band_scale
 from ..errors import DataError
-from ..fitsio import CutoutFlags, MosaicStack, geometry_flags
+from ..fitsio import MosaicStack, geometry_flags
 from ..interfaces import DatasetInfo, ImageDataset
 from ..io import atomic_path, write_json
 from .common import (FlagName, LabelSplitConfig, assign_labels, cache_key, class_descriptions, file_stamp,
@@ -234,7 +234,7 @@ class CatalogCutoutDataset(ImageDataset):
         return self._px[:, row].tolist(), self._py[:, row].tolist()
 
     def raw_cutout(self, index: int, *, with_wcs: bool = False):
-        """The unnormalised stamp ``float32 [C, size, size]`` (NaN off the image) and its :class:`CutoutFlags`.
+        """The unnormalised stamp ``float32 [C, size, size]`` (NaN off the image) and its :class:`~astrotl.fitsio.CutoutFlags`.
 
         ``with_wcs=True`` also returns each band's cutout WCS (for FITS export).
         """

@@ -31,7 +31,6 @@ Splits: ``split_col`` (values train/val/test), else seeded fractions stratified 
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal

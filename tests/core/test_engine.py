@@ -186,3 +186,18 @@ def test_ddp_two_cpu_processes(tiny_task, tmp_path):
     preds = Table.read(run / "predictions.ecsv")
     assert len(preds) == 40 and len(set(preds["id"])) == 40  # gathered from both ranks, padding removed
     assert res.stdout.count("finished:") == 1  # only rank 0 reports
+
+
+def test_relative_output_dir_from_the_working_directory(cli, tiny_task, tmp_path, monkeypatch):
+    """The default `output_dir: runs` is relative; the run must finish from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    p = tiny_task()
+    data = yaml.safe_load(p.read_text())
+    data["output_dir"] = "relruns"
+    p.write_text(yaml.safe_dump(data))
+    code, out, err = cli("run", p)
+    assert code == 0, err
+    run = tmp_path / "relruns" / "tiny"
+    assert _finished(run)["status"] == "finished"
+    assert "`checkpoints/best.ckpt`" in (run / "report.md").read_text()
+    assert (run / "predictions.ecsv").stat().st_mode & 0o044, "outputs must be readable by others (umask), not 0600"

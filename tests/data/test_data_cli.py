@@ -105,18 +105,17 @@ def test_run_cutouts_smoke_end_to_end(tmp_path):
     assert {"id", "ra", "dec", "flag_edge", "flag_nan", "flag_missing_band", "mag_F555W", "pred_class"} <= set(preds.colnames)
 
 
-@pytest.mark.slow
-def test_run_bad_input_exit_2_no_run_dir(tmp_path):
+def test_run_bad_input_exit_2_no_run_dir(tmp_path, capsys, monkeypatch):
     data = tmp_path / "smoke"
     make_fits.make_mosaic(data)
     make_fits.make_catalog(data / "catalog.ecsv")
     make_fits.truncate(data / "mosaic_f336w.fits", data / "trunc.fits")
-    proc = subprocess.run([sys.executable, "-m", "astrotl", "run", str(REPO / "tasks/smoke/cutouts_tiny.yaml"),
-                           "--set", f"output_dir={tmp_path / 'runs'}", "--set", f"data.images.F336W={data / 'trunc.fits'}"],
-                          capture_output=True, text=True, env=_env(tmp_path, ASTROTL_SMOKE_DATA=str(data)),
-                          cwd=tmp_path, timeout=300)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    monkeypatch.setenv("ASTROTL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASTROTL_SMOKE_DATA", str(data))
+    rc, out, err = run_cli(["run", str(REPO / "tasks/smoke/cutouts_tiny.yaml"), "--set", f"output_dir={tmp_path / 'runs'}",
+                            "--set", f"data.images.F336W={data / 'trunc.fits'}"], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
     assert lines[0].startswith("astrotl: error: band F336W: FITS file") and "truncated" in lines[0]
     assert not (tmp_path / "runs").exists()
 

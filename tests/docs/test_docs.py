@@ -176,6 +176,8 @@ def test_quoted_command_is_valid(page, command, capsys):
     subs = _subcommands(parser)
     line = re.sub(r"#.*$", "", command).strip()          # shell comment
     line = re.sub(r"<[^>]*>", "X", line)                 # <placeholder>
+    line = re.sub(r"\[(-[^\]]*)\]", r"\1", line)          # usage notation: [--option value]
+    line = re.sub(r"\s\|\s.*$", "", line)                  # usage notation: a | b (first choice)
     argv = shlex.split(line)[1:]
     positional = [a for a in argv if not a.startswith("-")]
     if "--disable-plugin" in argv:                        # its value is not a sub-command
