@@ -43,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run of the same name")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
 
+    pr = sub.add_parser("predict", help="classify new data with a finished run's model; write catalogue + predictions")
+    pr.add_argument("run_dir", help="a finished run directory, e.g. runs/phangs_clusters")
+    pr.add_argument("--out", required=True, help="output catalogue (.ecsv, .fits or .csv)")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="override the run's config, e.g. --set data.catalog=new.ecsv (repeatable)")
+    pr.add_argument("--data", dest="data_file", help="YAML file with a data: section replacing the run's")
+    pr.add_argument("--batch-size", type=int, default=None)
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    pr.add_argument("--split", default="predict", choices=["predict", "test", "val", "train"],
+                    help="which split of the data section to classify (default: predict = all of new data)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
     v = sub.add_parser("validate", help="check a task file (names, keys, values) without running it")
     add_config_args(v)
     v.add_argument("--print", action="store_true", dest="show", help="print the resolved configuration")
@@ -178,7 +190,17 @@ def cmd_run(args, out) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema}
+def cmd_predict(args, out) -> int:
+    from .predict import predict
+
+    regs = _registries(args)
+    path = predict(args.run_dir, regs, out=args.out, overrides=args.overrides, data_file=args.data_file,
+                   overwrite=args.overwrite, batch_size=args.batch_size, device=args.device, split=args.split)
+    out.write(f"wrote {path}\n")
+    return 0
+
+
+COMMANDS = {"predict": cmd_predict, "run": cmd_run, "validate": cmd_validate, "list": cmd_list, "schema": cmd_schema}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -248,7 +248,8 @@ class CutoutFlags:
     edge : bool
         The stamp extends beyond the image array (PHANGS class 4.11, "edge") in at least one band.
     nan_fraction : float
-        Fraction of NaN (or non-finite) pixels over all bands.
+        Fraction of NaN (or non-finite) pixels over all bands, counting the pixels that fall off the
+        image (filled with NaN) as well as NaNs in the data (outside a drizzled footprint).
     missing_bands : tuple of str
         Bands whose stamp is entirely NaN (off the footprint, or no data).
     """
