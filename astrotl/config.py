@@ -69,6 +69,8 @@ class TrainerConfig(_Strict):
     progress_bar: bool = True
     deterministic: bool | Literal["warn"] = False
     logger: Literal["csv", "tensorboard", "none"] = "csv"
+    num_threads: int | None = Field(None, ge=1, description="CPU threads per process for torch (None: torch's default); "
+                                    "1 is fastest on a shared or oversubscribed CPU, e.g. DDP on CPU")
 
 
 class OptimConfig(_Strict):

@@ -347,6 +347,8 @@ def run(config: ResolvedConfig, registries: Registries, *, overwrite: bool = Fal
         if resume:
             _check_resume_config(rundir, config)
     L.seed_everything(r.seed, workers=True, verbose=False)
+    if r.trainer.num_threads:
+        torch.set_num_threads(r.trainer.num_threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         asm = build(config)

@@ -177,7 +177,8 @@ def test_interrupted_run_resumes_from_last_checkpoint(tiny_task, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tiny_task, tmp_path):
-    p = tiny_task(trainer={"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 2, "batch_size": 16})
+    p = tiny_task(trainer={"strategy": "ddp", "devices": 2, "accelerator": "cpu", "max_epochs": 2, "batch_size": 16,
+                            "num_threads": 1})
     res = run_cli_subprocess("run", p, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
