@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path | None:
-    """``$ASTROTL_SHARED_DATA`` or ``<repo>/../shared/data`` if it exists, else None."""
-    env = os.environ.get("ASTROTL_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if cand.is_dir():
-            return cand
-    return None
+from testutils import REPO, TINY, run_cli_subprocess, shared_data_dir  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,19 +21,6 @@ def _cache_dir(tmp_path_factory):
         os.environ.pop("ASTROTL_CACHE_DIR", None)
     else:
         os.environ["ASTROTL_CACHE_DIR"] = old
-
-
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "task": {"name": "phangs_clusters"},
-    "data": {"name": "phangs_sim", "n_train": 64, "n_val": 32, "n_test": 40, "size": 16},
-    "backbone": {"name": "resnet18", "weights": "none"},
-    "head": {"name": "linear"},
-    "optim": {"lr": 0.003, "scheduler": "none"},
-    "trainer": {"max_epochs": 1, "batch_size": 32, "accelerator": "cpu", "devices": 1,
-                "progress_bar": False, "logger": "none"},
-}
 
 
 @pytest.fixture
@@ -79,13 +54,3 @@ def cli(capsys):
         return code, out, err
 
     return run
-
-
-def run_cli_subprocess(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
-    """Run the installed ``astrotl`` console script in a subprocess."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    exe = Path(sys.executable).with_name("astrotl")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "astrotl"]
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=cwd)

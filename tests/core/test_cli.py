@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO, run_cli_subprocess
+from testutils import REPO, run_cli_subprocess
 
 
 def test_list_all_kinds(cli):

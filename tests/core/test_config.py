@@ -34,7 +34,7 @@ def _write(path, data):
 
 
 def test_shipped_task_files_validate(regs):
-    from conftest import REPO
+    from testutils import REPO
 
     files = sorted((REPO / "tasks").rglob("*.yaml"))
     assert files

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from astropy.table import Table
 
-from conftest import run_cli_subprocess
+from testutils import run_cli_subprocess
 
 
 def _finished(run: Path) -> dict:

@@ -11,7 +11,7 @@ from astrotl import hookimpl
 from astrotl.errors import PluginError, UnknownNameError
 from astrotl.plugins import load_registries
 from astrotl.tasks.classification import ClassificationTask
-from conftest import run_cli_subprocess
+from testutils import run_cli_subprocess
 
 
 def test_builtin_and_phangs_components_registered():

@@ -14,7 +14,7 @@ def finished_run(tmp_path_factory, _cache_dir):
     import yaml
 
     from astrotl.cli import main
-    from conftest import TINY
+    from testutils import TINY
 
     d = tmp_path_factory.mktemp("predict")
     cfg = dict(TINY, name="base", output_dir=str(d / "runs"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,27 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import make_fits  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def shared_data_dir() -> Path | None:
-    """``$ASTROTL_SHARED_DATA`` or ``<repo>/../shared/data``, if it exists."""
-    env = os.environ.get("ASTROTL_SHARED_DATA")
-    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def require_shared(*parts: str) -> Path:
-    """Path inside the shared data folder, or ``pytest.skip`` when it is not there."""
-    root = shared_data_dir()
-    if root is None:
-        pytest.skip("shared data not found (set ASTROTL_SHARED_DATA or put it at ../shared/data)")
-    path = root.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data file {path} not found")
-    return path
+from data_helpers import REPO, require_shared, shared_data_dir  # noqa: E402,F401
 
 
 @pytest.fixture

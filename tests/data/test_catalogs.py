@@ -6,7 +6,7 @@ import make_fits
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import require_shared
+from data_helpers import require_shared
 
 from astrotl.catalogs import (check_unique_ids, guess_format, pixel_positions, read_catalog, read_legus,
                               require_columns, sky_positions)

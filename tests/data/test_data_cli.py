@@ -10,7 +10,7 @@ from pathlib import Path
 import make_fits
 import pytest
 from astropy.table import Table
-from conftest import REPO, require_shared
+from data_helpers import REPO, require_shared
 
 from astrotl.cli import main
 

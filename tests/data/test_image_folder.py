@@ -7,7 +7,7 @@ import pytest
 import torch
 from astropy.io import fits
 from astropy.table import Table
-from conftest import require_shared
+from data_helpers import require_shared
 from PIL import Image
 
 from astrotl.datasets import ImageFolderDataset

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import shared_data_dir
+from testutils import shared_data_dir
 
 from astrotl.errors import ConfigError, DataError
 from astrotl_phangs.redundancy import mark_redundant, redundant_mask
