@@ -358,7 +358,7 @@ def sky_positions(table: Table, ra_col: str, dec_col: str) -> tuple[np.ndarray, 
 
             try:
                 v = (v * unit).to_value(u.deg)
-            except Exception:
+            except (u.UnitsError, TypeError, ValueError):
                 raise DataError(f"catalogue column '{col.name}' has unit {unit}, not an angle; give degrees") from None
         return np.asarray(v, dtype=float)
 

@@ -281,7 +281,7 @@ class CatalogCutoutDataset(ImageDataset):
 
             try:
                 return np.asarray(json.loads(path.read_text())["band_scale"], dtype=np.float32)
-            except Exception:
+            except (OSError, ValueError, KeyError, TypeError):  # unreadable/corrupt cache: recompute
                 log.warning("ignoring unreadable cache file %s", path)
         stamps = np.stack([self._stack.cutout(*self._positions(int(r)), c.size)[0] for r in pick])
         with warnings.catch_warnings():

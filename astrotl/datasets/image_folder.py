@@ -250,7 +250,7 @@ class ImageFolderDataset(ImageDataset):
                 stack = np.load(path, mmap_mode="r")
                 if stack.shape[0] == len(self._files):
                     return stack
-            except Exception:
+            except (OSError, ValueError):  # unreadable/corrupt cache: rebuild
                 log.warning("ignoring unreadable cache file %s", path)
         loader = _Loader(c)
         first = loader(self._files[0])

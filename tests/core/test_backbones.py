@@ -24,17 +24,6 @@ def regs():
     return load_registries()
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    d = {"weights": tmp_path / "wdir", "torch": tmp_path / "torch", "hf": tmp_path / "hf"}
-    d["weights"].mkdir()
-    monkeypatch.setenv("ASTROTL_WEIGHTS_DIR", str(d["weights"]))
-    monkeypatch.setenv("TORCH_HOME", str(d["torch"]))
-    monkeypatch.setenv("HF_HUB_CACHE", str(d["hf"]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("ASTROTL_ALLOW_DOWNLOAD", raising=False)
-    return d
-
 
 def make(regs, name: str, in_chans: int = 5, bands=BANDS5, **cfg):
     cls = regs.backbones.get(name)
