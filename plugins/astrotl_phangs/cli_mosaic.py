@@ -3,7 +3,7 @@
 Writes ``mosaic_f275w.fits`` ... ``mosaic_f814w.fits`` (image HDU ``SCI``, e-/s, TAN WCS, NaN off
 the footprint), ``candidates.ecsv`` (id, x, y, ra, dec, cls, subclass, magnitudes, ...,
 redundant) and ``data_catalog_cutouts.yaml``, a ``data:`` section for any ``catalog_cutouts`` task
-or for ``astrotl predict RUN_DIR --data-file``. See :mod:`astrotl_phangs.mosaic`.
+or for ``astrotl predict RUN_DIR --data``. See :mod:`astrotl_phangs.mosaic`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run(args, out) -> int:
     res = paint_mosaic(args.out_dir, n_sources=args.n_sources, shape=tuple(args.shape), config=cfg, seed=args.seed,
                        ra=args.ra, dec=args.dec)
     data = res.cutout_config(size=32)
-    snippet = ("# data section for a catalog_cutouts task (or astrotl predict --data-file), written by "
+    snippet = ("# data section for a catalog_cutouts task (or astrotl predict --data), written by "
                "astrotl phangs-mosaic\n" + yaml.safe_dump({"data": {"name": "catalog_cutouts", **data}},
                                                         sort_keys=False))
     write_text(Path(args.out_dir) / "data_catalog_cutouts.yaml", snippet)

@@ -70,3 +70,24 @@ def test_predict_bad_input(cli, finished_run, tmp_path, case):
         args, match = [finished_run, "--out", tmp_path / "o.ecsv", "--set", "data.n_tst=3"], "did you mean 'n_test'"
     code, _, err = cli("predict", *args)
     assert code == 2 and match in err and err.count("\n") == 1
+
+
+def test_predict_on_a_painted_mosaic_and_band_mismatch(cli, finished_run, tmp_path):
+    """phangs-mosaic writes FITS + catalogue + a data section; predict classifies them; a band change is refused."""
+    mosaic = tmp_path / "mosaic"
+    code, _, err = cli("phangs-mosaic", mosaic, "--n-sources", "20", "--shape", "300", "300")
+    assert code == 0, err
+    out = tmp_path / "classified.ecsv"
+    code, _, err = cli("predict", finished_run, "--data", mosaic / "data_catalog_cutouts.yaml", "--out", out)
+    assert code == 0, err
+    t = Table.read(out)
+    assert len(t) >= 15 and {"ra", "dec", "pred_class", "p_1"} <= set(t.colnames)
+    import yaml
+
+    doc = yaml.safe_load((mosaic / "data_catalog_cutouts.yaml").read_text())
+    doc["data"]["images"].pop("F275W")
+    doc["data"].pop("mag_cols", None)
+    (tmp_path / "four_bands.yaml").write_text(yaml.safe_dump(doc))
+    code, _, err = cli("predict", finished_run, "--data", tmp_path / "four_bands.yaml", "--out", tmp_path / "x.ecsv")
+    assert code == 2 and "band mismatch" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.ecsv").exists()

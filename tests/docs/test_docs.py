@@ -170,8 +170,9 @@ def test_docs_quote_commands():
 
 @pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c}" for p, c in COMMANDS])
 def test_quoted_command_is_valid(page, command, capsys):
-    from astrotl.cli import _parser
+    from astrotl.cli import _load_plugin_commands, _parser
 
+    _load_plugin_commands([])  # plugin sub-commands (phangs-compare, phangs-mosaic) come through a hook
     parser = _parser()
     subs = _subcommands(parser)
     line = re.sub(r"#.*$", "", command).strip()          # shell comment
