@@ -91,3 +91,11 @@ def test_predict_on_a_painted_mosaic_and_band_mismatch(cli, finished_run, tmp_pa
     code, _, err = cli("predict", finished_run, "--data", tmp_path / "four_bands.yaml", "--out", tmp_path / "x.ecsv")
     assert code == 2 and "band mismatch" in err and err.count("\n") == 1
     assert not (tmp_path / "x.ecsv").exists()
+    doc = yaml.safe_load((mosaic / "data_catalog_cutouts.yaml").read_text())
+    doc["data"]["classes"] = ["1", "2", "3"]
+    doc["data"]["class_map"] = {"1": "1", "2": "2", "3": "3"}
+    doc["data"].pop("class_descriptions", None)
+    (tmp_path / "three_classes.yaml").write_text(yaml.safe_dump(doc))
+    code, _, err = cli("predict", finished_run, "--data", tmp_path / "three_classes.yaml", "--out", tmp_path / "y.ecsv")
+    assert code == 2 and "class mismatch" in err and err.count("\n") == 1
+    assert not (tmp_path / "y.ecsv").exists()
