@@ -55,7 +55,7 @@ from pydantic import Field, create_model
 from torch import nn
 
 from . import finetune
-from .errors import RandomInitWarning, UnknownNameError, WeightsError, did_you_mean
+from .errors import ConfigError, RandomInitWarning, UnknownNameError, WeightsError, did_you_mean
 from .interfaces import Backbone, ComponentConfig
 from .weights import (
     IMAGENET_NORMALISATION,
@@ -320,6 +320,30 @@ class ResNetBackbone(TorchvisionBackbone):
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32), as torchvision's detection backbones."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        maps = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
+
+    @property
+    def feature_info(self) -> list[dict[str, int]]:
+        n = self.net
+        info = []
+        for stride, layer in zip((4, 8, 16, 32), (n.layer1, n.layer2, n.layer3, n.layer4)):
+            last = layer[-1]
+            norm = getattr(last, "bn3", None) or last.bn2  # Bottleneck ends in bn3, BasicBlock in bn2
+            info.append({"channels": int(norm.num_features), "stride": stride})
+        return info
+
+    def cam_layer(self) -> nn.Module:
+        """``layer4``, the usual Grad-CAM target of a ResNet."""
+        return self.net.layer4
+
     def blocks(self) -> list[nn.Module]:
         n = self.net
         return [nn.ModuleList([n.conv1, n.bn1]), n.layer1, n.layer2, n.layer3, n.layer4]
@@ -344,6 +368,34 @@ class VGGBackbone(TorchvisionBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Output of each conv stage, after its max-pool (strides 2, 4, 8, 16, 32)."""
+        maps = []
+        for layer in self.net.features:
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                maps.append(x)
+        return maps
+
+    @property
+    def feature_info(self) -> list[dict[str, int]]:
+        info, channels, stride = [], 0, 1
+        for layer in self.net.features:
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+            elif isinstance(layer, nn.MaxPool2d):
+                stride *= 2
+                info.append({"channels": int(channels), "stride": stride})
+        return info
+
+    def cam_layer(self) -> nn.Module:
+        """The last ReLU of the last conv block (before the final max-pool), the usual Grad-CAM target of a VGG."""
+        last = None
+        for layer in self.net.features:
+            if isinstance(layer, (nn.Conv2d, nn.ReLU)):
+                last = layer
+        return last
 
     def blocks(self) -> list[nn.Module]:
         """The five conv stages, split after each max-pool."""
@@ -377,6 +429,25 @@ class ConvNeXtTVBackbone(TorchvisionBackbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Output of each of the four stages (strides 4, 8, 16, 32)."""
+        maps = []
+        for i, layer in enumerate(self.net.features):
+            x = layer(x)
+            if i % 2 == 1:  # features = [stem, stage1, down, stage2, down, stage3, down, stage4]
+                maps.append(x)
+        return maps
+
+    @property
+    def feature_info(self) -> list[dict[str, int]]:
+        f = self.net.features
+        convs = [f[0][0]] + [f[i][1] for i in (2, 4, 6)]  # the stem and the downsampling convolutions
+        return [{"channels": int(c.out_channels), "stride": 4 * 2 ** i} for i, c in enumerate(convs)]
+
+    def cam_layer(self) -> nn.Module:
+        """The last stage."""
+        return self.net.features[7]
 
     def blocks(self) -> list[nn.Module]:
         """Stem, then each stage with the downsampling layer before it (the final norm joins the last)."""
@@ -434,9 +505,10 @@ class TimmBackbone(PretrainedBackbone):
         if not self.model_name:
             raise UnknownNameError("the timm:* family is not a backbone itself; name a model, e.g. timm:resnet18")
         net = timm.create_model(self.model_name, pretrained=False, num_classes=0, in_chans=in_chans, **self.model_args)
-        self.num_features = int(net.num_features)
-        info = getattr(net, "feature_info", None)
-        self.feature_channels = int(info[-1]["num_chs"]) if info else self.num_features
+        # timm: num_features = channels of forward_features; head_hidden_size = the pooled vector (they differ for
+        # e.g. MobileNetV3, whose head convolution comes after the pool)
+        self.feature_channels = int(net.num_features)
+        self.num_features = int(getattr(net, "head_hidden_size", None) or net.num_features)
         return net
 
     def first_conv_key(self) -> str:
@@ -453,9 +525,76 @@ class TimmBackbone(PretrainedBackbone):
     def pretrained_request(self) -> WeightsRequest:
         return timm_request(self.model_name)
 
+    def _spatial_refusal(self) -> str | None:
+        """Why this model cannot serve ``[B, C, h, w]`` maps at increasing strides (``None``: it can)."""
+        net = self.net
+        info = getattr(net, "feature_info", None)
+        token = getattr(net, "num_prefix_tokens", None) is not None or hasattr(net, "cls_token")
+        strides = [int(d["reduction"]) for d in info] if info else []
+        if token or (len(strides) > 1 and len(set(strides)) == 1):
+            return (f"backbone '{self.name}' is a vision transformer: its features are tokens at one stride "
+                    f"({strides[0] if strides else '?'} px), not multi-scale maps; use a convolutional backbone "
+                    f"(e.g. resnet18, timm:convnext_nano, zoobot:convnext_nano) for detection and explanations")
+        if not info:
+            return (f"timm model '{self.name}' publishes no feature_info, so its multi-scale maps are unknown; use a "
+                    f"convolutional timm model with feature_info (e.g. timm:resnet18, timm:convnext_nano)")
+        return None
+
+    def _require_spatial(self) -> None:
+        why = self._spatial_refusal()
+        if why:
+            raise ConfigError(why)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """timm's ``forward_features``: ``[B, C, h, w]`` for CNNs (tokens for transformers)."""
-        return self.net.forward_features(x)
+        """timm's ``forward_features`` as ``[B, C, h, w]`` (channels-last outputs, e.g. Swin, are permuted)."""
+        out = self.net.forward_features(x)
+        if out.ndim == 4 and getattr(self.net, "output_fmt", "NCHW") == "NHWC":
+            out = out.permute(0, 3, 1, 2)
+        if out.ndim != 4:
+            self._require_spatial()
+            raise ConfigError(f"backbone '{self.name}' returns features of shape {list(out.shape)}, not a "
+                              f"[B, C, h, w] map; use a convolutional backbone")
+        return out
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One map per entry of timm's ``feature_info`` (e.g. ResNet: stem at stride 2, then ``layer1`` .. ``layer4``).
+
+        Uses timm's ``forward_intermediates`` where the model has it, else forward hooks on the modules
+        that ``feature_info`` names; the network (and its weights) is the one :meth:`forward` uses.
+        """
+        self._require_spatial()
+        expected = self.feature_info
+        if hasattr(self.net, "forward_intermediates"):
+            maps = list(self.net.forward_intermediates(x, intermediates_only=True))
+        else:
+            maps = self._hooked_maps(x)
+        if len(maps) != len(expected) or any(m.ndim != 4 or m.shape[1] != e["channels"] for m, e in zip(maps, expected)):
+            raise ConfigError(f"backbone '{self.name}' gave feature maps {[list(m.shape) for m in maps]}, which do not "
+                              f"match its feature_info {expected}; use another backbone for detection")
+        return maps
+
+    def _hooked_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        mods = dict(self.net.named_modules())
+        names = [d["module"] for d in self.net.feature_info]
+        out: dict[str, torch.Tensor] = {}
+        handles = [mods[n].register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o)) for n in names]
+        try:
+            self.net.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return [out[n] for n in names]
+
+    @property
+    def feature_info(self) -> list[dict[str, int]]:
+        """From timm's ``feature_info`` (no forward pass): ``num_chs`` and ``reduction`` of each stage."""
+        self._require_spatial()
+        return [{"channels": int(d["num_chs"]), "stride": int(d["reduction"])} for d in self.net.feature_info]
+
+    def cam_layer(self) -> nn.Module:
+        """The module of the last ``feature_info`` entry: the last stage of a CNN."""
+        self._require_spatial()
+        return dict(self.net.named_modules())[self.net.feature_info[-1]["module"]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # timm's own pooling and pre-logits norm (num_classes=0)

@@ -28,6 +28,14 @@ def astrotl_register_heads():
 
 @hookimpl
 def astrotl_register_tasks():
-    from .tasks.classification import ClassificationTask
+    from .tasks import builtin_tasks
 
-    return [ClassificationTask]
+    return builtin_tasks()
+
+
+@hookimpl
+def astrotl_register_commands():
+    from .cli import compare, cutouts, ensemble, explain, weights
+    from .cli.core import COMMANDS
+
+    return [*COMMANDS, ensemble, cutouts, weights, compare, explain]

@@ -363,3 +363,55 @@ def sky_positions(table: Table, ra_col: str, dec_col: str) -> tuple[np.ndarray, 
         return np.asarray(v, dtype=float)
 
     return deg(ra), deg(dec)
+
+
+def check_bands_once(bands: Sequence[str], key: str = "bands") -> None:
+    """Raise ``ValueError`` if a band appears twice in ``bands`` (compared without case, as FITS
+    compares HDU names): a band given twice would silently collapse to one."""
+    first: dict[str, str] = {}
+    for b in bands:
+        k = str(b).strip().upper()
+        if k in first:
+            same = "twice" if first[k] == b else f"twice ({first[k]} and {b} are the same FITS band name)"
+            raise ValueError(f"{key} lists band {b} {same}; give each band once")
+        first[k] = b
+
+
+_REPORTED: set[tuple] = set()
+
+
+def unlisted_label_report(raw: np.ndarray, labels: np.ndarray, classes: Sequence[str] | None, *, label_col: str | None,
+                          class_map: dict | None, keep_unlabelled: bool, where: str) -> dict:
+    """Count the rows whose label is neither empty nor one of ``classes`` (after ``class_map``), log
+    it, and return the counts for the data set's catalogue meta (``label_report``).
+
+    Such rows are unlabelled: left out of train/val/test (kept with label -1 when
+    ``keep_unlabelled``). Labels missing from ``data.classes`` (no ``class_map``) are a warning --
+    most often a typo or a forgotten class; labels a ``class_map`` does not list are unlabelled by
+    its documented rule and only logged at INFO. Each message is logged once per process (the data
+    set is built once per split).
+    """
+    if classes is None or label_col is None:
+        return {}
+    raw = np.asarray(raw, dtype=object)
+    empty = np.array([str(r) == "" for r in raw], dtype=bool)
+    unlisted = (np.asarray(labels) < 0) & ~empty
+    values, counts = np.unique(np.asarray(raw[unlisted], dtype=str), return_counts=True) if unlisted.any() else ([], [])
+    by_value = {str(v): int(c) for v, c in sorted(zip(values, counts), key=lambda vc: -vc[1])}
+    report = {"n_rows": int(len(raw)), "n_no_label": int(empty.sum()), "n_label_not_a_class": int(unlisted.sum()),
+              "labels_not_a_class": by_value, "rule": "class_map" if class_map is not None else "classes",
+              "kept_unlabelled": bool(keep_unlabelled)}
+    if unlisted.any():
+        shown = ", ".join(f"'{v}': {c}" for v, c in list(by_value.items())[:6]) + (", ..." if len(by_value) > 6 else "")
+        fate = "kept as unlabelled (keep_unlabelled)" if keep_unlabelled else "left out of train/val/test"
+        key = (where, tuple(classes), tuple(by_value.items()), class_map is not None)
+        if key not in _REPORTED:
+            _REPORTED.add(key)
+            if class_map is None:
+                log.warning("%s: %d of %d rows have a '%s' label that is not in data.classes %s (%s); they are %s; "
+                            "add the labels to data.classes or map them with data.class_map",
+                            where, int(unlisted.sum()), len(raw), label_col, list(classes), shown, fate)
+            else:
+                log.info("%s: %d of %d rows have a '%s' label that data.class_map does not list (%s); they are %s",
+                         where, int(unlisted.sum()), len(raw), label_col, shown, fate)
+    return report

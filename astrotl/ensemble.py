@@ -51,6 +51,9 @@ __all__ = ["combine_predictions", "ensemble_runs", "read_predictions", "class_co
 
 TIE_BREAKS = ("smallest", "first")
 
+#: Table formats the ensemble can be written as (by suffix).
+OUT_SUFFIXES = (".ecsv", ".fits", ".csv")
+
 #: Columns of a predictions table that describe one model's output; not carried into the ensemble.
 _MODEL_COLUMNS = re.compile(r"^(pred_class|pred_prob|p_.+|index)$")
 
@@ -391,6 +394,7 @@ def ensemble_runs(
     out: str | os.PathLike | None = None,
     *,
     names: Sequence[str] | None = None,
+    overwrite: bool = False,
     **kwargs,
 ) -> Table:
     """Combine the ``predictions.ecsv`` of several runs (see :func:`combine_predictions`).
@@ -403,11 +407,16 @@ def ensemble_runs(
         Where to write the ensemble table (atomically; format from the suffix).
     names : sequence of str, optional
         Member names (default: the run directory names, made unique).
+    overwrite : bool
+        Replace an existing ``out`` file (otherwise an existing file is an
+        :class:`~astrotl.errors.OutputError`, checked before any run is read).
     **kwargs
         Passed to :func:`combine_predictions`.
     """
-    from .io import write_table
+    from .io import check_output_file, write_table
 
+    if out is not None:
+        check_output_file(out, overwrite=overwrite, suffixes=OUT_SUFFIXES)
     paths = [Path(p) for p in paths]
     if not paths:
         raise DataError("no run directories given; pass two or more finished run directories")

@@ -40,8 +40,18 @@ class PluginError(AstrotlError):
     """A plugin is broken: bad hook, duplicate component name, import failure."""
 
 
+class OutputError(AstrotlError):
+    """An output cannot be written: the path is a directory or a file where a folder is needed,
+    no permission, a full disk, a name that would escape its folder, an existing file without
+    ``--overwrite``. Nothing half-written is left behind."""
+
+
 class AstrotlWarning(UserWarning):
     """Base warning class of astrotl."""
+
+
+class DataWarning(AstrotlWarning):
+    """Input data was accepted but something in it was left out (e.g. rows whose label is not a class)."""
 
 
 class RandomInitWarning(AstrotlWarning):

@@ -3,9 +3,18 @@
 A :class:`BandMosaic` is one band's 2-D image (an HDU of a FITS file, chosen by name or index)
 opened with ``memmap=True``: only the pixels a cutout touches are ever read, so memory does not grow
 with the size of the mosaic. A :class:`MosaicStack` holds the bands of one field in channel order
-and cuts ``[C, size, size]`` stamps with :class:`astropy.nddata.Cutout2D` (``mode="partial"``,
+and cuts ``[C, size, size]`` stamps with the rule of :class:`astropy.nddata.Cutout2D` (``mode="partial"``,
 NaN fill), reporting for each stamp whether it touches the image edge, contains NaNs, or has a
 band without data.
+
+Cutting is vectorised over a batch of positions (:meth:`MosaicStack.cutouts`): the first pixel of
+every stamp comes from one array expression (``ceil(position - size / 2)``, the rule of
+:func:`astropy.nddata.utils.overlap_slices`), the stamps that lie wholly on the image are gathered
+by plain slicing of the memory-mapped band (one strided gather per band and batch), and only the
+stamps that run off the image are assembled piecewise, NaN-filled as ``Cutout2D(mode="partial")``
+does. NaNs in the data (outside a drizzled footprint) are copied as they are. The stamps are
+identical to ``Cutout2D``'s (``tests/core/test_fast_cutouts.py`` compares them); ``Cutout2D`` itself
+is still used when a cutout WCS is asked for.
 
 Everything that can be checked before work starts is checked when a file is opened (file
 missing, not FITS, truncated, HDU missing or not a 2-D image, no celestial WCS when sky
@@ -161,6 +170,8 @@ class BandMosaic:
     wcs: Any = None
     _hdul: Any = field(default=None, repr=False, compare=False)
     _data: Any = field(default=None, repr=False, compare=False)
+    _pixels: Any = field(default=None, repr=False, compare=False)
+    _windows: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, band: str, hdu: HduSpec = None) -> BandMosaic:
@@ -202,9 +213,27 @@ class BandMosaic:
             self._data = arr
         return self._data
 
+    @property
+    def pixels(self) -> np.ndarray:
+        """:attr:`data` as a plain ``numpy.ndarray`` view of the memory map (slicing it is cheaper)."""
+        if self._pixels is None:
+            self._pixels = np.asarray(self.data)
+        return self._pixels
+
+    def windows(self, size: int) -> np.ndarray:
+        """All ``size x size`` windows of the image as a strided view ``[ny - size + 1, nx - size + 1, size, size]``
+        (no copy): ``windows(s)[y0, x0]`` is the stamp whose first pixel is ``(x0, y0)``."""
+        view = self._windows.get(size)
+        if view is None:
+            view = np.lib.stride_tricks.sliding_window_view(self.pixels, (size, size))
+            self._windows[size] = view
+        return view
+
     def close(self) -> None:
         """Close the file (it is reopened on the next access to :attr:`data`)."""
         self._data = None
+        self._pixels = None
+        self._windows = {}
         if self._hdul is not None:
             self._hdul.close()
             self._hdul = None
@@ -213,6 +242,8 @@ class BandMosaic:
         state = dict(self.__dict__)
         state["_hdul"] = None
         state["_data"] = None
+        state["_pixels"] = None
+        state["_windows"] = {}
         return state
 
     def header(self):
@@ -290,6 +321,7 @@ def geometry_flags(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], size: i
     outside = ~finite | (xs < -0.5) | (xs >= nx - 0.5) | (ys < -0.5) | (ys >= ny - 0.5)
     x_lo = np.ceil(xs - size / 2.0)
     y_lo = np.ceil(ys - size / 2.0)
+    outside |= (x_lo + size <= 0) | (y_lo + size <= 0)  # no overlap at all (a 1-pixel stamp at -0.5): Cutout2D refuses
     edge = outside | (x_lo < 0) | (y_lo < 0) | (x_lo + size > nx) | (y_lo + size > ny)
     return outside, edge
 
@@ -380,6 +412,81 @@ class MosaicStack:
             out.append((np.asarray(px, float), np.asarray(py, float)))
         return out
 
+    def cutouts(self, x: np.ndarray, y: np.ndarray, size: int, *, out: np.ndarray | None = None) -> StampBatch:
+        """Cut ``N`` stamps ``[N, C, size, size]`` (float32, NaN off the image) in one vectorised pass.
+
+        Parameters
+        ----------
+        x, y : array-like
+            0-based positions, shape ``[N]`` (shared by all bands) or ``[C, N]`` (one row per band,
+            e.g. sky positions projected through each band's WCS).
+        size : int
+            Side of the stamps in pixels.
+        out : numpy.ndarray, optional
+            A float32 ``[N, C, size, size]`` array to fill (e.g. a memory-mapped cache).
+
+        Returns
+        -------
+        StampBatch
+            The stamps and, per stamp, the flags of :class:`CutoutFlags` as arrays.
+
+        Notes
+        -----
+        The same pixels as ``Cutout2D(data, (x, y), size, mode="partial", fill_value=nan)`` per band;
+        a band whose position is off the image (or not finite) is all NaN (``outside``), as in
+        :meth:`cutout`. Non-finite values (inf) become NaN.
+        """
+        nb = len(self.bands)
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        if x.ndim == 1:
+            x = np.broadcast_to(x, (nb, len(x)))
+            y = np.broadcast_to(y, (nb, len(y)))
+        if x.shape != y.shape or x.shape[0] != nb:
+            raise ValueError(f"positions must have shape [N] or [{nb}, N]; got x {x.shape}, y {y.shape}")
+        n = x.shape[1]
+        size = int(size)
+        if out is None:
+            out = np.empty((n, nb, size, size), dtype=np.float32)
+        outside_any = np.zeros(n, dtype=bool)
+        edge_any = np.zeros(n, dtype=bool)
+        for c, band in enumerate(self.bands):
+            outside, edge = geometry_flags(x[c], y[c], band.shape, size)
+            outside_any |= outside
+            edge_any |= edge
+            interior = np.flatnonzero(~edge)
+            partial = np.flatnonzero(edge & ~outside)
+            if len(interior) < n:
+                out[np.flatnonzero(edge), c] = np.nan
+            if not len(interior) and not len(partial):
+                continue
+            # first pixel of each stamp: Cutout2D's rule (overlap_slices: ceil(position - size / 2))
+            finite = ~outside
+            x0 = np.zeros(n, dtype=np.int64)
+            y0 = np.zeros(n, dtype=np.int64)
+            x0[finite] = np.ceil(x[c][finite] - size / 2.0)
+            y0[finite] = np.ceil(y[c][finite] - size / 2.0)
+            if len(interior):
+                out[interior, c] = band.windows(size)[y0[interior], x0[interior]]
+            if len(partial):
+                pix = band.pixels
+                ny, nx = band.shape
+                for i in partial:  # off the edge: the overlap, NaN around it (Cutout2D mode="partial")
+                    ya, xa = int(y0[i]), int(x0[i])
+                    yl, yh, xl, xh = max(0, ya), min(ny, ya + size), max(0, xa), min(nx, xa + size)
+                    out[i, c, yl - ya:yh - ya, xl - xa:xh - xa] = pix[yl:yh, xl:xh]
+        finite = np.isfinite(out)
+        if not finite.all():
+            out[~finite] = np.nan
+            band_has_data = finite.any(axis=(2, 3))
+            nan_fraction = 1.0 - finite.mean(axis=(1, 2, 3))
+        else:
+            band_has_data = np.ones((n, nb), dtype=bool)
+            nan_fraction = np.zeros(n)
+        return StampBatch(stamps=out, outside=outside_any, edge=edge_any,
+                          nan_fraction=np.asarray(nan_fraction, dtype=float), missing=~band_has_data,
+                          bands=self.names)
+
     def cutout(self, x: float | list[float], y: float | list[float], size: int, *,
                with_wcs: bool = False) -> tuple[np.ndarray, CutoutFlags] | tuple[np.ndarray, CutoutFlags, list]:
         """Cut a ``[C, size, size]`` float32 stamp centred on 0-based ``(x, y)``.
@@ -391,7 +498,8 @@ class MosaicStack:
         size : int
             Side of the stamp in pixels.
         with_wcs : bool
-            Also return each band's cutout WCS (``None`` where the band has none).
+            Also return each band's cutout WCS (``None`` where the band has none); this uses
+            :class:`astropy.nddata.Cutout2D` itself.
 
         Returns
         -------
@@ -401,6 +509,16 @@ class MosaicStack:
         wcs : list
             Only with ``with_wcs=True``.
         """
+        if with_wcs:
+            return self._cutout2d(x, y, size)
+        n = len(self.bands)
+        xs = np.asarray(list(x) if isinstance(x, (list, tuple, np.ndarray)) else [x] * n, dtype=float)
+        ys = np.asarray(list(y) if isinstance(y, (list, tuple, np.ndarray)) else [y] * n, dtype=float)
+        batch = self.cutouts(xs[:, None], ys[:, None], size)
+        return batch.stamps[0], batch.flags(0)
+
+    def _cutout2d(self, x, y, size: int):
+        """One stamp through :class:`astropy.nddata.Cutout2D`, with each band's cutout WCS."""
         from astropy.nddata import Cutout2D, NoOverlapError, PartialOverlapError
 
         n = len(self.bands)
@@ -419,7 +537,7 @@ class MosaicStack:
                 wcs_out.append(None)
                 continue
             try:
-                cut = Cutout2D(b.data, (xi, yi), (size, size), wcs=b.wcs if with_wcs else None, mode="partial",
+                cut = Cutout2D(b.data, (xi, yi), (size, size), wcs=b.wcs, mode="partial",
                                fill_value=np.nan, copy=True)
             except (NoOverlapError, PartialOverlapError):  # pragma: no cover - caught by the bounds test above
                 outside = edge = True
@@ -433,11 +551,44 @@ class MosaicStack:
                 edge = True
             if not np.isfinite(stamp).any():
                 missing.append(b.band)
-            wcs_out.append(cut.wcs if with_wcs else None)
+            wcs_out.append(cut.wcs)
         finite = np.isfinite(out)
         out[~finite] = np.nan
         flags = CutoutFlags(outside=outside, edge=edge, nan_fraction=float(1.0 - finite.mean()),
                             missing_bands=tuple(missing))
-        if with_wcs:
-            return out, flags, wcs_out
-        return out, flags
+        return out, flags, wcs_out
+
+
+@dataclass
+class StampBatch:
+    """Stamps cut by :meth:`MosaicStack.cutouts` and their per-stamp flags (arrays of :class:`CutoutFlags`).
+
+    Attributes
+    ----------
+    stamps : numpy.ndarray
+        ``float32 [N, C, size, size]``, NaN off the image.
+    outside, edge : numpy.ndarray of bool
+        ``[N]``: position off the image in some band; stamp running off the image array.
+    nan_fraction : numpy.ndarray of float
+        ``[N]``: fraction of non-finite pixels over all bands.
+    missing : numpy.ndarray of bool
+        ``[N, C]``: the band has no finite pixel in the stamp.
+    bands : tuple of str
+        Band names, for :meth:`missing_bands`.
+    """
+
+    stamps: np.ndarray
+    outside: np.ndarray
+    edge: np.ndarray
+    nan_fraction: np.ndarray
+    missing: np.ndarray
+    bands: tuple[str, ...]
+
+    def missing_bands(self, i: int) -> tuple[str, ...]:
+        """Names of the bands without data in stamp ``i``."""
+        return tuple(b for b, m in zip(self.bands, self.missing[i]) if m)
+
+    def flags(self, i: int) -> CutoutFlags:
+        """The :class:`CutoutFlags` of stamp ``i``."""
+        return CutoutFlags(outside=bool(self.outside[i]), edge=bool(self.edge[i]),
+                           nan_fraction=float(self.nan_fraction[i]), missing_bands=self.missing_bands(i))

@@ -21,7 +21,12 @@ four science cases::
 
 Per-sample metadata (``id``, ``x``, ``y``, ``ra``, ``dec``, magnitudes, sub-classes ...) lives in
 :meth:`ImageDataset.catalog`, an astropy Table row-aligned with the dataset, which the engine joins
-to the predictions.
+to the predictions (a left join: every sample keeps a row, whether the task predicted zero, one or
+many rows for it).
+
+Optional data-set methods the engine uses when present: ``labels()`` (int class per sample, -1 for
+unlabelled; stratifies training subsets), ``groups()`` (a group id per sample, e.g. one galaxy's
+stamps in 16 bands; training subsets by group), ``targets()`` (``[N, K]`` soft labels).
 """
 
 from __future__ import annotations
@@ -103,7 +108,8 @@ class ImageDataset(torch.utils.data.Dataset, Component, ABC):
     """
 
     #: Collation of a list of samples into a batch. ``None``: torch's default (stacks tensors);
-    #: detection data sets return lists of boxes and set :func:`astrotl.data.list_collate`.
+    #: detection data sets return lists of boxes and set :func:`astrotl.data.list_collate`
+    #: (a task may also set its own ``collate_fn``, which then wins).
     collate_fn: ClassVar[Any] = None
 
     def __init__(self, config: ComponentConfig, *, split: str, seed: int, cache_dir: Path):
@@ -138,12 +144,31 @@ class Backbone(nn.Module, Component, ABC):
 
     The engine constructs it as ``BackboneCls(config, in_chans=..., bands=...)``.
 
+    The contract every backbone family keeps (classification, regression, detection and
+    explanations all rely on it):
+
+    :meth:`forward`
+        pooled features ``[B, num_features]``;
+    :meth:`forward_features`
+        the last spatial map ``[B, feature_channels, h, w]``;
+    :meth:`feature_maps` and :attr:`feature_info`
+        multi-scale maps (one per stage, increasing stride) with their ``channels`` and
+        ``stride``: what a detector's FPN needs;
+    :meth:`cam_layer`
+        the module whose activations an explanation (Grad-CAM) should hook;
+    :meth:`blocks`
+        the stages in input-to-output order, for freezing and learning-rate decay.
+
+    A model that cannot serve spatial maps (a vision transformer's tokens) must raise
+    :class:`astrotl.errors.ConfigError` from :meth:`feature_maps` / :meth:`cam_layer` with a
+    clear message rather than return something mis-shaped.
+
     Attributes to set in ``__init__``:
 
     ``num_features``
         Size of the pooled feature vector returned by :meth:`forward`.
     ``feature_channels``
-        Channels of the map returned by :meth:`forward_features` (detection necks use it).
+        Channels of the map returned by :meth:`forward_features`.
     ``weights_info``
         A dict describing the weights actually loaded: at least ``source`` (``"random"``,
         ``"imagenet"``, a file path, ...), ``sha256`` (or ``None``), ``bands``,
@@ -169,6 +194,19 @@ class Backbone(nn.Module, Component, ABC):
         """Pooled features ``[B, num_features]`` (global average pool by default)."""
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.forward_features(x), 1), 1)
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of every stage, shallow to deep (default: the last map only)."""
+        return [self.forward_features(x)]
+
+    @property
+    def feature_info(self) -> list[dict[str, int]]:
+        """``[{"channels": C, "stride": S}, ...]`` matching :meth:`feature_maps`."""
+        return [{"channels": int(self.feature_channels), "stride": 32}]
+
+    def cam_layer(self) -> nn.Module:
+        """The layer whose output an explanation hooks (default: the last block)."""
+        return self.blocks()[-1]
+
     @abstractmethod
     def blocks(self) -> list[nn.Module]:
         """The backbone's stages in input-to-output order, for freezing and learning-rate decay."""
@@ -190,34 +228,53 @@ class Head(nn.Module, Component, ABC):
 
 
 class Task(Component, ABC):
-    """What to learn and how to judge it: model assembly, loss, metrics and outputs.
+    """What to learn and how to judge it: model, loss, validation, metrics, predictions and outputs.
 
     Constructed as ``TaskCls(config, info)`` with the training set's :class:`DatasetInfo`.
-    The engine calls, in order:
+    The engine only orchestrates; it calls, in order:
 
-    1. :meth:`output_dim` and :meth:`build_model` to assemble backbone + head;
+    1. :meth:`check_data` on each split, then :meth:`output_dim` and :meth:`build_model`;
     2. :meth:`train_transform` / :meth:`eval_transform` to wrap the samples;
-    3. :meth:`batch_augment` on every training batch (on the device);
-    4. :meth:`training_loss` and :meth:`update_metrics` in the Lightning loop;
-    5. :meth:`predict_batch` on the test (or predict) split, giving one dict per sample;
-    6. :meth:`evaluate` on the joined predictions table, then :meth:`plots` and
-       :meth:`report` to write the run directory.
+    3. :meth:`batch_augment` on every training batch (on the device, with a generator seeded
+       per epoch and batch, so that a resumed run repeats the uninterrupted one);
+    4. :meth:`training_loss` in training and :meth:`validation_step` + :meth:`update_metrics` in
+       validation; :meth:`make_metrics` gives one metric collection whose ``compute()`` (dict
+       values flattened as ``<key>_<sub>``) is logged as ``val_<key>``;
+    5. :meth:`predict_batch` (zero or more rows per sample, each with ``index``) and
+       :meth:`truth_rows` (the ground truth :meth:`evaluate` needs, e.g. one row per true box) on
+       the test (or predict) split;
+    6. :meth:`evaluate` on the predictions (the catalogue left-joined with the rows) and the
+       truth, then :meth:`plots`, :meth:`report`, :meth:`headline` and :meth:`output_files` to
+       write the run directory and the line ``astrotl run`` prints.
     """
 
     #: Dataset names this task is meant for (informational; ``astrotl list`` shows it).
     default_dataset: ClassVar[str | None] = None
     default_head: ClassVar[str] = "linear"
+    #: What kind of problem this is: "classification", "soft_labels" or "detection" (a plugin may add
+    #: kinds); :func:`astrotl.loadrun.load_run` checks new data against it.
+    kind: ClassVar[str] = "classification"
+    #: Collation of samples into a batch (``None``: the data set's, else torch's default).
+    collate_fn: ClassVar[Any] = None
     #: Metric logged during validation that checkpointing and early stopping watch by default.
     monitor: ClassVar[str] = "val_loss"
     monitor_mode: ClassVar[str] = "min"
+    #: The test metric that summarises a run (``astrotl run`` prints it, ``astrotl compare`` tabulates
+    #: it) and whether higher is better.
+    headline_metric: ClassVar[str] = "loss"
+    higher_is_better: ClassVar[bool] = False
 
     def __init__(self, config: ComponentConfig, info: DatasetInfo):
         self.config = config
         self.info = info
 
-    @abstractmethod
     def output_dim(self) -> int:
-        """Number of outputs the head must produce."""
+        """Number of outputs the head must produce (default: classes, else targets)."""
+        names = self.info.classes or self.info.targets or ()
+        return len(names)
+
+    def check_data(self, dataset: ImageDataset, split: str) -> None:
+        """Refuse data this task cannot learn from with a one-line :class:`~astrotl.errors.DataError`."""
 
     def build_model(self, backbone: Backbone, head: Head) -> nn.Module:
         """Assemble the trainable model. Default: ``head(backbone(x))``."""
@@ -231,33 +288,67 @@ class Task(Component, ABC):
         """Callable applied to each validation/test/predict sample dict (``None``: identity)."""
         return None
 
-    def batch_augment(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Augment a collated training batch on the device (default: unchanged)."""
+    def batch_augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        """Augment a collated training batch on the device (default: unchanged).
+
+        Draw random numbers from ``generator`` (a CPU generator the engine seeds per epoch and
+        batch) so that a resumed run makes the same draws as the uninterrupted one.
+        """
         return batch
 
     @abstractmethod
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        """Return ``(loss, outputs)`` for a batch; ``outputs`` is passed to :meth:`update_metrics`."""
+        """Return ``(loss, outputs)`` for a training batch."""
 
-    def make_metrics(self) -> nn.ModuleDict:
-        """torchmetrics objects updated during validation (keys become ``val_<key>``)."""
-        return nn.ModuleDict()
+    def validation_step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor | None, Any]:
+        """``(loss or None, outputs)`` for a validation batch; ``outputs`` goes to :meth:`update_metrics`.
 
-    def update_metrics(self, metrics: nn.ModuleDict, outputs: Any, batch: dict[str, Any]) -> None:
-        """Update ``metrics`` with one batch."""
+        The default is :meth:`training_loss` (the model is in eval mode). A detector in eval mode
+        returns detections, not losses: its task returns ``(None, detections)``.
+        """
+        return self.training_loss(model, batch)
+
+    def make_metrics(self):
+        """One metric collection (``torchmetrics.MetricCollection``) serving validation."""
+        import torchmetrics
+
+        return torchmetrics.MetricCollection({})
+
+    def update_metrics(self, metrics, outputs: Any, batch: dict[str, Any]) -> None:
+        """Update ``metrics`` with one validation batch."""
 
     @abstractmethod
     def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """One dict of plain Python/numpy values per sample; must include ``index``."""
+        """Rows of plain Python/numpy values, each with the sample's ``index``: zero, one or many per sample."""
+
+    def truth_rows(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Ground-truth rows (each with ``index``) that :meth:`evaluate` needs beyond the prediction rows.
+
+        Default: none (classification carries the true class in its prediction rows). A detection
+        task returns one row per true box, so that images without detections still count.
+        """
+        return []
 
     @abstractmethod
-    def evaluate(self, predictions: Table) -> tuple[dict[str, Any], dict[str, Table]]:
-        """Metrics (flat JSON-able dict) and named tables (e.g. ``confusion``) from predictions."""
+    def evaluate(self, predictions: Table, truth: Table) -> tuple[dict[str, Any], dict[str, Table]]:
+        """Metrics (flat JSON-able dict) and named tables (e.g. ``confusion``) from predictions and truth."""
 
-    def plots(self, predictions: Table, metrics: dict[str, Any], history: Table, plot_dir: Path) -> list[Path]:
+    def plots(self, predictions: Table, truth: Table, metrics: dict[str, Any], history: Table,
+              plot_dir: Path) -> list[Path]:
         """Write PNG plots to ``plot_dir`` atomically; return their paths."""
         return []
 
     def report(self, predictions: Table, metrics: dict[str, Any], tables: dict[str, Table]) -> str:
         """Markdown section(s) for ``report.md`` describing the results."""
         return ""
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        """The one-line summary ``astrotl run`` prints, from the (un-prefixed) test metrics."""
+        value = metrics.get(self.headline_metric)
+        if value is None:
+            return ""
+        return f"test {self.headline_metric.replace('_', ' ')} {float(value):.4g}"
+
+    def output_files(self) -> dict[str, str]:
+        """Descriptions of this task's files, for the report's file list (``{relative path: text}``)."""
+        return {"predictions.ecsv": "one row per test sample: catalogue columns and the predictions"}

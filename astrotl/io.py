@@ -1,39 +1,224 @@
 """Atomic output writing: a file appears whole or not at all.
 
 Every writer goes to a temporary file in the destination directory and ``os.replace``-s it
-into place, so an interrupted run never leaves a half-written file.
+into place, so an interrupted run never leaves a half-written file. The temporary file is
+hidden and named ``.<name>.<8 random characters>.tmp<suffix>`` (:data:`TEMP_PATTERN`); it is
+removed when the write fails, and :func:`clean_temp_files` removes the ones a killed process
+left behind.
+
+A failed write (a full disk, no permission, a directory or a file in the way) raises
+:class:`~astrotl.errors.OutputError`: one line naming the path and the fix, never a traceback.
+
+Writers report what they write to *recorders* (:func:`add_recorder`): a run directory
+(:class:`astrotl.rundir.RunDirectory`) registers one so that its manifest lists every file and
+folder astrotl made in it, and ``--overwrite`` later removes those and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from astropy.table import Table
 
+from .errors import AstrotlError, OutputError
+
+#: Name of the temporary files :func:`atomic_path` makes (``tempfile.mkstemp``: 8 characters of
+#: ``[a-z0-9_]`` between the prefix ``.<name>.`` and the suffix ``.tmp<suffix>``).
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^./]+)?$")
+
+# -- recorders --------------------------------------------------------------------------------------
+
+#: absolute root folder -> callback(path, kind) with kind "file" or "dir"
+_RECORDERS: dict[str, Callable[[Path, str], None]] = {}
+
+
+def add_recorder(root: str | os.PathLike, callback: Callable[[Path, str], None]) -> None:
+    """Call ``callback(path, kind)`` before anything is written under ``root`` (``kind``: ``"file"`` or
+    ``"dir"`` for a folder a writer made). The deepest registered root containing a path gets it."""
+    _RECORDERS[os.path.abspath(root)] = callback
+
+
+def remove_recorder(root: str | os.PathLike) -> None:
+    _RECORDERS.pop(os.path.abspath(root), None)
+
+
+def _recorder_for(path: Path) -> Callable[[Path, str], None] | None:
+    if not _RECORDERS:
+        return None
+    p = os.path.abspath(path)
+    best, best_len = None, -1
+    for root, cb in _RECORDERS.items():
+        if (p == root or p.startswith(root.rstrip(os.sep) + os.sep)) and len(root) > best_len:
+            best, best_len = cb, len(root)
+    return best
+
+
+def record_output(path: str | os.PathLike, kind: str = "file") -> None:
+    """Tell the recorder responsible for ``path`` (if any) that astrotl writes it."""
+    cb = _recorder_for(Path(path))
+    if cb is not None:
+        cb(Path(path), kind)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space or choose an output location on another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or choose another output location",
+    errno.EACCES: "no permission to write there: choose a writable folder or change its permissions",
+    errno.EPERM: "no permission to write there: choose a writable folder or change its permissions",
+    errno.EROFS: "the file system is read-only: choose an output location on a writable disk",
+    errno.EISDIR: "it is a directory: give a file name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EEXIST: "a part of the path is a file or a broken link, not a folder: choose another path",
+    errno.ELOOP: "a symbolic link in the path loops: fix or remove it",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter one",
+    errno.EXDEV: "the temporary file and the destination are on different disks: write elsewhere",
+}
+
+
+def as_oserror(exc: BaseException, folder: str | os.PathLike | None = None) -> OSError | None:
+    """The ``OSError`` behind a writer's failure, or ``None`` if it was not an I/O failure.
+
+    Writers report a full disk in their own ways: ``OSError`` (numpy, astropy, matplotlib),
+    ``SafetensorError("... (os error 28)")``, torch's ``RuntimeError("... unexpected pos ...")``.
+    Without an errno, a ``folder`` with no space left counts as a full disk.
+    """
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, AstrotlError) or not isinstance(exc, Exception):
+        return None
+    m = re.search(r"os error (\d+)", str(exc))
+    if m:
+        n = int(m.group(1))
+        return OSError(n, os.strerror(n))
+    if folder is not None and isinstance(exc, RuntimeError):  # torch's writer hides the errno
+        try:
+            st = os.statvfs(folder)
+            if st.f_bavail == 0 or st.f_favail == 0:
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except (OSError, AttributeError):
+            pass
+    return None
+
+
+def output_error(dest: str | os.PathLike, exc: OSError, *, what: str = "write") -> OutputError:
+    """One-line :class:`OutputError` for an ``OSError`` met while writing ``dest``."""
+    reason = " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
+    if exc.errno is None and "space" in reason.lower():  # astropy.io.fits: "Not enough space on disk: ..."
+        exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        reason = exc.strerror
+    other = exc.filename if exc.filename not in (None, str(dest), os.fspath(dest)) else None
+    if other is not None and TEMP_PATTERN.match(Path(str(other)).name):
+        other = None  # the temporary file is an implementation detail
+    where = f" ('{other}')" if other is not None else ""
+    fix = _FIXES.get(exc.errno or -1, "check the path and the disk, then try again")
+    return OutputError(f"cannot {what} '{dest}': {reason}{where}; {fix}")
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool = False, option: str = "--out",
+                      suffixes: tuple[str, ...] | None = None) -> Path:
+    """Check, before any work, that ``path`` can be written as a file: not a directory, not an
+    existing file without ``overwrite``, a known suffix, a parent that is (or can be) a folder."""
+    p = Path(path)
+    if str(path) == "" or p.name in ("", ".", ".."):
+        raise OutputError(f"{option} '{path}' is not a file name; give a file path such as out.ecsv")
+    if p.is_dir():
+        raise OutputError(f"{option} '{p}' is a directory; give a file name (e.g. {p / ('out' + (suffixes or ('.ecsv',))[0])})")
+    if suffixes is not None and p.suffix not in suffixes:
+        raise OutputError(f"{option} '{p}' must end in {', '.join(suffixes[:-1])} or {suffixes[-1]}" if len(suffixes) > 1
+                          else f"{option} '{p}' must end in {suffixes[0]}")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise OutputError(f"{option} '{p}' already exists; choose another {option} or pass --overwrite to replace it")
+    for parent in [p.parent, *p.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {option} '{p}': '{parent}' is a file, not a folder; choose another path")
+            break
+        if parent.is_symlink():
+            raise OutputError(f"cannot write {option} '{p}': '{parent}' is a broken symbolic link; fix it or choose "
+                              f"another path")
+    return p
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def make_dirs(folder: Path) -> None:
+    """``mkdir -p folder``, reporting each folder it creates to the recorders."""
+    missing = []
+    p = folder
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not missing:
+        if not folder.is_dir():  # a file (or a link to one) where the folder should be
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in reversed(missing):
+        record_output(d, "dir")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    On any failure (or an interrupt) the temporary file is removed and ``path`` is untouched. An
+    ``OSError`` (full disk, no permission, a directory where the file should go, ...) becomes an
+    :class:`~astrotl.errors.OutputError` naming ``path`` and the fix.
+    """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
-    os.close(fd)
+    if dest.is_dir() and not dest.is_symlink():
+        raise OutputError(f"cannot write '{dest}': it is a directory; give a file name, or remove the directory")
+    try:
+        make_dirs(dest.parent)
+        record_output(dest, "file")
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=dest.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise output_error(dest, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if tmp_path.exists():  # mkstemp files are private (0600); give outputs the usual umask permissions
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
+    except Exception as exc:  # noqa: BLE001 -- only I/O failures are converted; anything else is re-raised
+        oserr = as_oserror(exc, dest.parent)
+        if oserr is None:
+            raise
+        raise output_error(dest, oserr) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            if os.path.lexists(tmp_path):
+                tmp_path.unlink()
+
+
+def clean_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` (not recursive) when a
+    process was killed mid-write; return what was removed."""
+    d = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(d.iterdir()) if d.is_dir() and not d.is_symlink() else []
+    except OSError:
+        return removed
+    for f in entries:
+        if TEMP_PATTERN.match(f.name) and (f.is_file() or f.is_symlink()):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
 
 
 def _umask() -> int:
@@ -70,10 +255,13 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
 
 
+TABLE_FORMATS = {".ecsv": "ascii.ecsv", ".fits": "fits", ".csv": "ascii.csv"}
+
+
 def write_table(path: str | os.PathLike, table: Table) -> Path:
     """Write an astropy Table (format from the suffix: .ecsv, .fits, .csv)."""
     dest = Path(path)
-    fmt = {".ecsv": "ascii.ecsv", ".fits": "fits", ".csv": "ascii.csv"}.get(dest.suffix)
+    fmt = TABLE_FORMATS.get(dest.suffix)
     with atomic_path(dest) as tmp:
         table.write(tmp, format=fmt, overwrite=True)
     return dest
@@ -82,9 +270,11 @@ def write_table(path: str | os.PathLike, table: Table) -> Path:
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -94,3 +284,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+__all__ = ["OutputError", "TEMP_PATTERN", "as_oserror", "add_recorder", "atomic_path", "check_output_file",
+           "clean_temp_files", "make_dirs", "output_error", "record_output", "remove_recorder", "save_figure", "sha256_file",
+           "write_json", "write_table", "write_text"]

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from .errors import DataError
-from .io import atomic_path, write_table
+from .errors import DataError, OutputError
+from .io import atomic_path, clean_temp_files, make_dirs, output_error, write_table
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,33 @@ def read_mef(path: str | os.PathLike, bands: Sequence[str] | None = None) -> MEF
         hdul.close()
 
 
+#: File suffixes an exported cutout may have (what :mod:`astrotl.datasets.image_folder` reads as FITS).
+CUTOUT_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise :class:`~astrotl.errors.OutputError` unless ``pattern`` names one FITS file per row *inside*
+    the output folder: ``{id}`` or ``{index}`` in it, no other field, no folder, no ``..``, not hidden."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+        sample = pattern.format(id="ID", index=0)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise OutputError(f"--pattern '{pattern}' is not a valid name pattern ({type(exc).__name__}: {exc}); only "
+                          f"{{id}} and {{index}} can be used, e.g. {{id}}.fits or cut_{{index:05d}}.fits") from None
+    if not {"id", "index"} & set(fields):
+        raise OutputError(f"--pattern '{pattern}' has neither {{id}} nor {{index}}: every row would go to the same "
+                          f"file; use e.g. {{id}}.fits")
+    if "/" in sample or "\\" in sample or os.sep in sample or sample.startswith(".") or Path(sample).is_absolute():
+        raise OutputError(f"--pattern '{pattern}' must give a plain file name inside --out (no '/', '..', leading '.' "
+                          f"or absolute path), e.g. {{id}}.fits")
+    if not sample.lower().endswith(CUTOUT_SUFFIXES):
+        raise OutputError(f"--pattern '{pattern}' must end in .fits (the files are FITS), e.g. {{id}}.fits")
+    if sample == "index.ecsv":
+        raise OutputError(f"--pattern '{pattern}' would overwrite the index; use e.g. {{id}}.fits")
+
+
 def export_cutouts(dataset, out_dir: str | os.PathLike, *, pattern: str = "{id}.fits", overwrite: bool = False,
                    limit: int | None = None) -> Table:
     """Write every sample of a :class:`~astrotl.datasets.CatalogCutoutDataset` as one MEF file.
@@ -225,19 +252,34 @@ def export_cutouts(dataset, out_dir: str | os.PathLike, *, pattern: str = "{id}.
     astropy.table.Table
         The index (also written to ``out_dir/index.ecsv``) with ``written`` (bool) per row.
     """
+    check_pattern(pattern)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out '{out}' is a file; give a folder for the cutouts")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     cat = dataset.catalog()[:n]
     bands = list(dataset.bands)
-    files, written = [], []
+    files = [pattern.format(id=safe_filename(cat["id"][i]), index=i) for i in range(n)]
+    first_of: dict[str, int] = {}
+    for i, name in enumerate(files):
+        if name in first_of:
+            raise DataError(f"rows {first_of[name]} and {i} (ids {cat['id'][first_of[name]]!s} and {cat['id'][i]!s}) would "
+                            f"both be written to '{name}'; put {{index}} in --pattern (e.g. {{id}}_{{index}}.fits)")
+        first_of[name] = i
+    try:
+        make_dirs(out)
+    except OSError as exc:
+        raise output_error(out, exc, what="create the output folder") from None
+    clean_temp_files(out)  # left by an interrupted export
+    written = []
     labels = cat["class"] if "class" in cat.colnames else None
     step = max(1, n // 10)
     headers = _WCSHeaders()
     for i in range(n):
-        name = pattern.format(id=safe_filename(cat["id"][i]), index=i)
+        name = files[i]
         dest = out / name
-        files.append(name)
+        if dest.is_dir():
+            raise OutputError(f"'{dest}' is a directory; remove it or change --pattern")
         if dest.exists() and not overwrite:
             written.append(False)
             continue

@@ -124,12 +124,21 @@ class Registries:
         everything = [n for kind in KINDS for n in self.of(kind)]
         raise UnknownNameError(f"no task, dataset, backbone or head is named '{name}'{did_you_mean(name, everything)}; `astrotl list` shows them")
 
-    def plugins(self) -> list[tuple[str, str]]:
-        """``(name, module or description)`` of each registered plugin."""
+    def plugins(self) -> list[tuple[str, str, str]]:
+        """``(name, module, version)`` of each registered plugin (version of its distribution)."""
+        from . import __version__
+
+        dists = {id(plugin): dist for plugin, dist in self.pm.list_plugin_distinfo()}
         out = []
         for name, plugin in self.pm.list_name_plugin():
-            out.append((name, getattr(plugin, "__name__", repr(plugin))))
+            dist = dists.get(id(plugin))
+            version = getattr(dist, "version", None) or (__version__ if name == "builtin" else "unknown")
+            out.append((name, getattr(plugin, "__name__", repr(plugin)), str(version)))
         return sorted(out)
+
+    def plugin_versions(self) -> dict[str, str]:
+        """``{plugin name: version}``: what ``run.json`` records."""
+        return {name: version for name, _, version in self.plugins()}
 
 
 def disabled_from_env() -> list[str]:
@@ -137,8 +146,16 @@ def disabled_from_env() -> list[str]:
     return [p.strip() for p in raw.split(",") if p.strip()]
 
 
+def entrypoint_names() -> list[str]:
+    """Names of the plugins installed under the ``astrotl.plugins`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group=ENTRYPOINT_GROUP)})
+
+
 def make_plugin_manager(
-    disable: Iterable[str] = (), extra_plugins: Iterable[tuple[str, Any]] = (), entrypoints: bool = True
+    disable: Iterable[str] = (), extra_plugins: Iterable[tuple[str, Any]] = (), entrypoints: bool = True,
+    strict_disable: bool = False,
 ) -> pluggy.PluginManager:
     """A plugin manager with the built-ins, the entry-point plugins and ``extra_plugins``.
 
@@ -150,11 +167,20 @@ def make_plugin_manager(
         Plugins to register directly (used by tests and embedding applications).
     entrypoints : bool
         Load the ``astrotl.plugins`` entry points.
+    strict_disable : bool
+        A name in ``disable`` that is no installed plugin is an error (the command line's rule: a
+        misspelt ``--disable-plugin`` must not be ignored silently).
     """
     from . import builtin
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    if strict_disable:
+        known = ["builtin", *entrypoint_names(), *(name for name, _ in extra_plugins)]
+        for name in [*disable, *disabled_from_env()]:
+            if name not in known:
+                raise PluginError(f"--disable-plugin '{name}': no plugin of that name is installed"
+                                  f"{did_you_mean(name, known)}; installed: {', '.join(known)}")
     blocked = set(disable) | set(disabled_from_env())
     for name in blocked:
         pm.set_blocked(name)
@@ -178,10 +204,12 @@ def make_plugin_manager(
 
 
 def load_registries(
-    disable: Iterable[str] = (), extra_plugins: Iterable[tuple[str, Any]] = (), entrypoints: bool = True
+    disable: Iterable[str] = (), extra_plugins: Iterable[tuple[str, Any]] = (), entrypoints: bool = True,
+    strict_disable: bool = False,
 ) -> Registries:
     """Build the registries by calling every plugin's ``astrotl_register_*`` hooks."""
-    pm = make_plugin_manager(disable=disable, extra_plugins=extra_plugins, entrypoints=entrypoints)
+    pm = make_plugin_manager(disable=disable, extra_plugins=extra_plugins, entrypoints=entrypoints,
+                             strict_disable=strict_disable)
     regs = Registries(pm=pm)
     for kind in KINDS:
         caller = getattr(pm.hook, f"astrotl_register_{kind}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,32 +315,108 @@ def _safe_globals() -> list[Any]:
     return out
 
 
+#: What torch's weights-only unpickler says when a pickle would need code to load (an import of a
+#: global, a call, an object built from a class): refused, never "damaged".
+_CODE_PATTERNS = (
+    (re.compile(r"GLOBAL (\S+) was not an allowed global"), "it imports and calls {0}"),
+    (re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"), "it imports and calls {0}"),
+    (re.compile(r"Trying to call reduce for unrecognized function (\S+)"), "it calls {0}"),
+    (re.compile(r"Can only create new object for .* but got (.+?)(?:\.|$)"), "it builds an object of {0}"),
+    (re.compile(r"Can only build .* but got (.+?)(?:\.|$)"), "it builds an object of {0}"),
+    (re.compile(r"(\S+) must be (?:imported|\S+) to load"), "it needs {0}"),
+)
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
+_SAFE_PICKLE_GLOBALS = ("collections.OrderedDict", "torch._utils.", "torch.", "builtins.set", "builtins.frozenset",
+                        "_codecs.encode", "numpy.core.multiarray._reconstruct", "numpy.dtype", "numpy.ndarray")
+
+
+def pickle_globals(path: str | os.PathLike, limit: int = 1 << 24) -> list[str]:
+    """The globals (``module.name``) a plain pickle file would import, read statically with
+    :mod:`pickletools` (nothing is unpickled); ``[]`` for a zip (``torch.save``) or unreadable file."""
+    import pickletools
+
+    found: list[str] = []
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+    except OSError:
+        return found
+    if not data.startswith(b"\x80") and data[:1] not in (b"c", b"("):
+        return found
+    strings: list[str] = []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                found.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 -- a damaged pickle: report what was seen before the damage
+        pass
+    return found
+
+
+def classify_load_error(exc: BaseException, path: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Why ``torch.load(weights_only=True)`` failed: ``("code", what the pickle would do)`` when it was
+    refused because loading would execute code, else ``("damaged", a short reason)``.
+
+    torch's own message is never passed on whole: it suggests ``weights_only=False`` (running the
+    file's code) and allow-listing globals, which astrotl never recommends.
+    """
+    text = str(exc)
+    for rx, template in _CODE_PATTERNS:
+        m = rx.search(text)
+        if m:
+            return "code", template.format(m.group(1).strip().strip("<>'\""))
+    if path is not None:  # a plain pickle the weights-only unpickler could not even parse (e.g. protocol 4)
+        unsafe = [g for g in pickle_globals(path) if not g.startswith(_SAFE_PICKLE_GLOBALS)]
+        if unsafe:
+            return "code", f"it imports and calls {unsafe[0]}"
+    if isinstance(exc, EOFError) or not text.strip():
+        return "damaged", "the file ends early"
+    if _WEIGHTS_ONLY_REFUSAL in text:  # the unpickler met bytes it does not know: not a torch file, or cut short
+        inner = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("Unsupported operand", "String is too"))]
+        return "damaged", inner[0] if inner else "its contents are not a PyTorch pickle"
+    first = " ".join(text.strip().splitlines()[0].split())
+    first = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", first)
+    first = first.split(". This is an internal miniz error")[0]
+    if isinstance(exc, KeyError) or len(first.strip("'\" ")) < 8:
+        first = "its contents are not a PyTorch file"
+    return "damaged", first[:160]
+
+
+def code_refusal_message(path: str | os.PathLike, what: str) -> str:
+    """The one-line refusal of a pickle that would execute code when loaded."""
+    return (f"refused to load '{path}': loading it would execute code ({what}), which could do anything on this "
+            f"machine, so astrotl did not load it and nothing ran; astrotl loads weights only as plain tensors: "
+            f"get the weights as a .safetensors file or as a plain state dict "
+            f"(torch.save(model.state_dict(), 'weights.pt')) from their author")
+
+
 def load_checkpoint_object(path: str | os.PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` with a clear refusal for unsafe pickles."""
+    import warnings
+
     p = Path(path).expanduser()
     try:
-        try:
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-        except Exception as first:  # noqa: BLE001
-            if "AttributeDict" not in str(first):
-                raise
-            with torch.serialization.safe_globals(_safe_globals()):  # Lightning's hyper-parameter dict
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": noise before the refusal below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            try:
                 return torch.load(str(p), map_location="cpu", weights_only=True)
+            except Exception as first:  # noqa: BLE001
+                if "AttributeDict" not in str(first):
+                    raise
+                with torch.serialization.safe_globals(_safe_globals()):  # Lightning's hyper-parameter dict
+                    return torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- torch raises several types; the message matters
-        text = str(exc)
-        if "Unsupported global" in text:
-            culprit = ""
-            for line in text.splitlines():
-                if "Unsupported global" in line:
-                    culprit = " (" + line.strip().split(":", 1)[-1].strip().rstrip(".").split(" which")[0] + ")"
-                    break
-            raise WeightsError(
-                f"refusing to load '{p}': it is a pickle that needs arbitrary code to unpickle{culprit}, which could "
-                f"run anything on this machine (torch.load(weights_only=True) rejected it); on a machine you trust, "
-                f"save plain tensors instead: torch.save(model.state_dict(), 'weights.pt') or "
-                f"safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')") from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise WeightsError(f"weights file '{p}' cannot be read ({first}); it may be truncated or not a PyTorch file") from None
+        kind, detail = classify_load_error(exc, p)
+        if kind == "code":
+            raise WeightsError(code_refusal_message(p, detail)) from None
+        raise WeightsError(f"weights file '{p}' cannot be read ({detail}); it is truncated or not a PyTorch file: "
+                           f"copy or download it again") from None
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -405,8 +482,8 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int, mode: str = "repeat",
                      bands: tuple[str, ...] | None = None, rgb_bands: list[str] | None = None) -> torch.Tensor:
     """Turn an RGB first-convolution kernel ``[out, 3, k, k]`` into ``[out, in_chans, k, k]``.
 
-    ``repeat``: cycle the R, G, B kernels over the input bands and rescale by ``3 / in_chans`` so
-    that the response to a flat image keeps its scale (timm's approach).
+    ``repeat``: timm's ``adapt_input_conv``: cycle the R, G, B kernels over the input bands and
+    rescale by ``3 / in_chans`` so that the response to a flat image keeps its scale.
     ``map``: band ``rgb_bands[i]`` gets the kernel of RGB channel ``i``; other bands get zero
     weights (they can learn during fine-tuning), so the pretrained response is kept exactly.
     A single band (``in_chans=1``) gets the sum of the three kernels.
@@ -418,11 +495,9 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int, mode: str = "repeat",
                            f"only RGB (3-channel) weights can be adapted")
     out_c, _, kh, kw = weight.shape
     if mode == "repeat":
-        if in_chans == 1:
-            return weight.sum(dim=1, keepdim=True)
-        reps = -(-in_chans // 3)
-        new = weight.repeat(1, reps, 1, 1)[:, :in_chans] * (3.0 / in_chans)
-        return new.contiguous()
+        from timm.models import adapt_input_conv
+
+        return adapt_input_conv(in_chans, weight).contiguous()
     if mode == "map":
         if not rgb_bands or len(rgb_bands) != 3 or bands is None:
             raise WeightsError("input_adapter: map needs rgb_bands: [band for R, band for G, band for B]")
@@ -626,6 +701,31 @@ def describe(path: str | os.PathLike, *, source: str) -> dict[str, Any]:
     if keep:
         info["metadata"] = keep
     return info
+
+
+def recorded_input_normalisation(spec: str | None) -> dict[str, Any] | None:
+    """The input normalisation an astrotl export was trained with, read from its metadata only (no tensors).
+
+    ``spec`` is a ``backbone.weights`` value; only ``run:<dir>``, a file path or a weights-directory name
+    can carry it (``input_normalisation`` written by the engine, else the ``pixel_norm`` of the recorded
+    ``data`` section). ``None`` for anything else, an unreadable file or an export without the record.
+    """
+    if not spec or spec.strip().lower() in ("none", "auto", "imagenet", "pretrained"):
+        return None
+    try:
+        path = resolve_run_dir(spec) if spec.startswith("run:") else resolve_named_file(spec)
+    except WeightsError:
+        return None  # reported with its proper message when the backbone loads the weights
+    if path is None:
+        return None
+    meta = read_metadata(path)
+    norm = meta.get("input_normalisation")
+    if isinstance(norm, dict) and norm.get("pixel_norm"):
+        return norm
+    data = meta.get("data")
+    if isinstance(data, dict) and data.get("pixel_norm") not in (None, "auto"):
+        return {"pixel_norm": data["pixel_norm"], **({"normalize": data["normalize"]} if "normalize" in data else {})}
+    return None
 
 
 def verify_sha256(path: Path, rec: dict[str, Any], req: WeightsRequest) -> None:

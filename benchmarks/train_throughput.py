@@ -166,9 +166,9 @@ def measure_engine(config, warmup: int, steps: int) -> dict[str, Any]:
     trainer = engine.make_trainer(config, None, asm.task, [timer], None)
     tc = r.trainer
     train_ds = asm.datasets["train"]
-    train_loader = engine._loader(train_ds, asm.task.train_transform(), tc, shuffle=True,
-                                  drop_last=len(train_ds) > tc.batch_size)
-    val_loader = engine._loader(asm.datasets["val"], asm.task.eval_transform(), tc, shuffle=False)
+    train_loader = engine.make_loader(train_ds, asm.task.train_transform(), tc, task=asm.task, shuffle=True,
+                                      drop_last=len(train_ds) > tc.batch_size, seed=r.seed)
+    val_loader = engine.make_loader(asm.datasets["val"], asm.task.eval_transform(), tc, task=asm.task)
     t_fit = time.perf_counter()
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)
     fit_s = time.perf_counter() - t_fit
@@ -202,7 +202,9 @@ def measure_raw(config, asm, train_loader, device, warmup: int, steps: int) -> d
     head = head_cls(head_cfg, in_features=backbone.num_features, out_features=task.output_dim())
     model = task.build_model(backbone, head).to(device)
     model.train()
-    opt = engine.TaskModule(task, model, r.optim, r.trainer.max_epochs).configure_optimizers()
+    # the same optimiser; its learning-rate schedule (which needs a Trainer) does not change the step's cost
+    optim = r.optim.model_copy(update={"scheduler": "none", "warmup_epochs": 0})
+    opt = engine.TaskModule(task, model, optim, r.trainer.max_epochs).configure_optimizers()
     if isinstance(opt, dict):
         opt = opt["optimizer"]
     batch = next(iter(train_loader))
@@ -229,6 +231,45 @@ def measure_raw(config, asm, train_loader, device, warmup: int, steps: int) -> d
             "cpu_s": cpu, "images_per_cpu_s": n * steps / cpu}
 
 
+def disk_task(kind: str, root: Path, n: int, size: int, side: int) -> Path:
+    """A copy of tasks/phangs_clusters.yaml whose data are read from disk: ``fits`` (catalog_cutouts over a
+    five-band FITS mosaic and a labelled catalogue) or ``jpeg`` (image_folder over RGB JPEG stamps)."""
+    import numpy as np
+    import yaml
+    from astropy.table import Table
+
+    doc = yaml.safe_load(DEFAULT_TASK.read_text())
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 5, n)
+    if kind == "fits":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from cutout_throughput import write_mosaic
+
+        bands = ["F275W", "F336W", "F438W", "F555W", "F814W"]
+        images = write_mosaic(root, side, bands)
+        margin = size
+        Table({"id": np.arange(n), "x": rng.uniform(margin, side - margin, n),
+               "y": rng.uniform(margin, 0.85 * side, n), "cls": labels}).write(root / "catalog.ecsv", overwrite=True)
+        doc["data"] = {"name": "catalog_cutouts", "images": images, "catalog": str(root / "catalog.ecsv"),
+                       "size": size, "label_col": "cls", "split_fractions": [0.8, 0.1, 0.1]}
+    else:
+        from PIL import Image
+
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        with open(root / "labels.csv", "w") as fh:
+            fh.write("id,label\n")
+            for i in range(n):
+                pix = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pix, mode="RGB").save(root / "images" / f"s{i:05d}.jpg", quality=90)
+                fh.write(f"s{i:05d},{labels[i]}\n")
+        doc["data"] = {"name": "image_folder", "root": str(root), "labels": "labels.csv", "id_col": "id",
+                       "file_pattern": "images/{id}.jpg", "label_col": "label", "color": "rgb",
+                       "split_fractions": [0.8, 0.1, 0.1]}
+    path = root / f"task_{kind}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -243,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     p.add_argument("--fail-below", type=float, default=None, metavar="R", help="exit 1 if the ratio is below R")
+    p.add_argument("--data-from", choices=["sim", "fits", "jpeg"], default="sim",
+                   help="sim: the task's in-memory simulator; fits: catalog_cutouts over a FITS mosaic written for the "
+                        "benchmark; jpeg: image_folder over JPEG stamps written for the benchmark")
+    p.add_argument("--samples", type=int, default=2560, help="with --data-from fits/jpeg: catalogue rows / images "
+                                                             "(80%% train; default 2560)")
+    p.add_argument("--stamp", type=int, default=32, help="with --data-from fits/jpeg: stamp side (default 32)")
+    p.add_argument("--side", type=int, default=4096, help="with --data-from fits: mosaic side (default 4096)")
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error("--steps must be >= 1")
@@ -264,7 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     regs = load_registries()
-    overrides = ([] if args.no_defaults else list(BENCHMARK_OVERRIDES)) + list(args.overrides)
+    defaults = [] if args.no_defaults else list(BENCHMARK_OVERRIDES)
+    if args.data_from != "sim":
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix=f"astrotl_train_{args.data_from}_"))
+        args.task = str(disk_task(args.data_from, tmp, args.samples, args.stamp, args.side))
+        defaults = [d for d in defaults if not d.startswith("data.")]
+    overrides = defaults + list(args.overrides)
     try:
         base = load_config(args.task, regs, overrides)
     except AstrotlError as exc:
@@ -294,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
     c = config.run
     ds_name = config.component("data")[0].name
-    print(f"task file      : {args.task}")
+    print(f"task file      : {args.task}" + (f" (data read from disk: {args.data_from})" if args.data_from != "sim" else ""))
     print(f"config         : task {config.component('task')[0].name}, data {ds_name} "
           f"(n_train {n_train}, size {getattr(config.component('data')[1], 'size', '?')}), "
           f"backbone {config.component('backbone')[0].name}, batch {tc.batch_size}, "
@@ -330,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.data_from != "sim":
+        import shutil
+
+        shutil.rmtree(Path(args.task).parent, ignore_errors=True)
     if args.fail_below is not None and ratio < args.fail_below:
         return 1
     return 0

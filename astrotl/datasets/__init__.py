@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 from .cutouts import CatalogCutoutConfig, CatalogCutoutDataset
+from .detection_folder import ImageBoxesDataset
 from .image_folder import ImageFolderConfig, ImageFolderDataset
 
-BUILTIN_DATASETS = (CatalogCutoutDataset, ImageFolderDataset)
+BUILTIN_DATASETS = (CatalogCutoutDataset, ImageFolderDataset, ImageBoxesDataset)
 
 __all__ = ["BUILTIN_DATASETS", "CatalogCutoutConfig", "CatalogCutoutDataset", "ImageFolderConfig",
            "ImageFolderDataset"]

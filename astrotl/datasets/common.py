@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +11,7 @@ import numpy as np
 from astropy.table import Table
 from pydantic import Field, model_validator
 
+from ..cache import cache_key  # noqa: F401 -- the one key rule, re-exported for the data sets
 from ..errors import DataError
 from ..interfaces import ComponentConfig
 
@@ -31,9 +30,24 @@ class LabelSplitConfig(ComponentConfig):
     class_descriptions: list[str] | None = Field(None, description="human-readable names, same order as classes")
     keep_unlabelled: bool = Field(False, description="keep rows without a valid label in train/val/test (label -1)")
     split_col: str | None = Field(None, description="column with train/val/test per row (else seeded fractions)")
+    group_col: str | None = Field(None, description="column naming each row's object (e.g. a galaxy id): all rows "
+                                                    "of one object fall in the same split")
     split_fractions: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="train, val, test fractions")
     split_seed: int = Field(0, description="seed of the split (independent of the run seed)")
     stratify: bool = Field(True, description="keep class proportions in every split")
+    # soft labels (probability regression, task soft_labels): K fractions per row
+    target_cols: list[str] | None = Field(
+        None, description="columns holding the K target fractions of each row (soft labels, e.g. vote fractions); "
+                          "a row blank in all of them is unlabelled")
+    target_names: list[str] | None = Field(
+        None, description="names of the K targets, same order as target_cols/votes_cols (default: the column names)")
+    count_col: str | None = Field(
+        None, description="column with each row's number of voters: votes = round(target * n) (Dirichlet-multinomial loss)")
+    votes_cols: list[str] | None = Field(
+        None, description="columns with the raw vote counts, one per target; without target_cols the targets are "
+                          "votes / total votes")
+    normalize_targets: bool = Field(
+        False, description="renormalise target rows that do not sum to 1 (else such a row is an error)")
 
     @model_validator(mode="after")
     def _check_split(self):
@@ -44,6 +58,30 @@ class LabelSplitConfig(ComponentConfig):
                 len(self.class_descriptions) != len(self.classes):
             raise ValueError(f"class_descriptions has {len(self.class_descriptions)} entries, classes has "
                              f"{len(self.classes)}; give one description per class")
+        return self
+
+    @model_validator(mode="after")
+    def _check_targets(self):
+        cols = self.target_cols if self.target_cols is not None else self.votes_cols
+        for key in ("target_cols", "votes_cols", "target_names"):
+            value = getattr(self, key)
+            if value is not None and len(value) == 0:
+                raise ValueError(f"{key} is empty; list at least two columns, or remove it")
+            if value is not None and len(set(value)) != len(value):
+                raise ValueError(f"{key} lists a name twice ({value}); list each once")
+        if self.target_names is not None and cols is None:
+            raise ValueError("target_names is given without target_cols or votes_cols; set the columns too")
+        if self.target_names is not None and len(self.target_names) != len(cols):
+            raise ValueError(f"target_names has {len(self.target_names)} names for {len(cols)} target columns; "
+                             f"give one name per column")
+        if self.votes_cols is not None and self.target_cols is not None and \
+                len(self.votes_cols) != len(self.target_cols):
+            raise ValueError(f"votes_cols has {len(self.votes_cols)} columns, target_cols {len(self.target_cols)}; "
+                             f"give one vote column per target")
+        if self.count_col is not None and self.votes_cols is not None:
+            raise ValueError("give count_col (number of voters) or votes_cols (raw counts), not both")
+        if self.count_col is not None and self.target_cols is None:
+            raise ValueError("count_col needs target_cols (votes = round(target * count)); set data.target_cols")
         return self
 
 
@@ -122,9 +160,49 @@ def assign_labels(table: Table, cfg: LabelSplitConfig, *, where: str) -> tuple[n
     return labels, classes, raw
 
 
+def group_ids(table: Table | None, cfg: LabelSplitConfig, *, where: str) -> np.ndarray | None:
+    """The ``group_col`` value of each row as text (``None`` without ``group_col``)."""
+    if cfg.group_col is None:
+        return None
+    if table is None or cfg.group_col not in table.colnames:
+        from ..errors import did_you_mean
+
+        cols = list(table.colnames) if table is not None else []
+        raise DataError(f"{where} has no group column '{cfg.group_col}'{did_you_mean(cfg.group_col, cols)}; set "
+                        f"data.group_col to the column naming each row's object, or remove it")
+    groups = label_text(table[cfg.group_col])
+    if (groups == "").any():
+        row = int(np.flatnonzero(groups == "")[0])
+        raise DataError(f"{where}: row {row} has no value in group column '{cfg.group_col}'; give every row a group")
+    return groups
+
+
 def split_assignment(n: int, labels: np.ndarray, cfg: LabelSplitConfig, table: Table | None, *,
                      where: str) -> np.ndarray:
-    """``"train"``/``"val"``/``"test"`` per row, from ``split_col`` or seeded (stratified) fractions."""
+    """``"train"``/``"val"``/``"test"`` per row, from ``split_col`` or seeded (stratified) fractions.
+
+    With ``group_col`` the fractions are of groups (objects), not rows: every row of one object
+    falls in the same split; stratification then uses each group's most common label.
+    """
+    groups = group_ids(table, cfg, where=where)
+    if groups is not None and cfg.split_col is None:
+        uniq, inverse = np.unique(groups, return_inverse=True)
+        glabels = np.full(len(uniq), -1, dtype=np.int64)
+        for g in range(len(uniq)):
+            lab = labels[inverse == g]
+            lab = lab[lab >= 0]
+            if len(lab):
+                glabels[g] = np.bincount(lab).argmax()
+        per_group = _fraction_split(len(uniq), glabels, cfg)
+        return per_group[inverse]
+    if groups is not None and cfg.split_col is not None:
+        out = split_assignment(n, labels, cfg.model_copy(update={"group_col": None}), table, where=where)
+        for g in np.unique(groups):
+            seen = set(out[groups == g])
+            if len(seen) > 1:
+                raise DataError(f"{where}: group '{g}' (column {cfg.group_col}) has rows in splits {sorted(seen)}; "
+                                f"put all rows of an object in one split, or remove split_col to split by group")
+        return out
     if cfg.split_col is not None:
         if table is None or cfg.split_col not in table.colnames:
             raise DataError(f"{where} has no split column '{cfg.split_col}'; set data.split_col to a column holding "
@@ -135,6 +213,10 @@ def split_assignment(n: int, labels: np.ndarray, cfg: LabelSplitConfig, table: T
         if bad:
             raise DataError(f"{where}: split column '{cfg.split_col}' has values {bad[:5]}; use train, val or test")
         return out
+    return _fraction_split(n, labels, cfg)
+
+
+def _fraction_split(n: int, labels: np.ndarray, cfg: LabelSplitConfig) -> np.ndarray:
     frac = np.asarray(cfg.split_fractions, dtype=float)
     frac = frac / frac.sum()
     rng = np.random.default_rng(cfg.split_seed)
@@ -174,10 +256,6 @@ def file_stamp(path: str | os.PathLike) -> dict[str, Any]:
         return {"path": str(p)}
 
 
-def cache_key(*parts: Any) -> str:
-    """Short hex digest of a JSON-able structure."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def class_descriptions(cfg: LabelSplitConfig, classes: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -192,3 +270,204 @@ def class_descriptions(cfg: LabelSplitConfig, classes: Sequence[str] | None) -> 
 
 
 FlagName = Literal["outside", "edge", "nan", "missing_band"]
+
+
+# -- soft labels (target fractions) ------------------------------------------------------------------
+
+#: Largest allowed ``|sum of a target row - 1|`` before the row is an error (or renormalised).
+TARGET_SUM_TOLERANCE = 1e-3
+
+
+class TargetSet:
+    """The soft labels of a table: ``K`` fractions per row, and vote counts where known.
+
+    Attributes
+    ----------
+    names : tuple of str
+        Target names, in output order.
+    values : ndarray of float32, shape (n, K)
+        Fractions per row; each labelled row sums to 1 and is >= 0; unlabelled rows are all NaN.
+    votes : ndarray of float32, shape (n, K), or None
+        Vote counts per row (NaN for unlabelled rows), from ``votes_cols`` or ``round(target * count_col)``.
+    """
+
+    def __init__(self, names: Sequence[str], values: np.ndarray, votes: np.ndarray | None = None):
+        self.names = tuple(str(n) for n in names)
+        self.values = np.asarray(values, dtype=np.float32)
+        self.votes = None if votes is None else np.asarray(votes, dtype=np.float32)
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """Boolean per row: the row has targets."""
+        return np.isfinite(self.values).all(axis=1)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The argmax of each row's targets (first of tied maxima), -1 for unlabelled rows (for stratification)."""
+        out = np.full(len(self.values), -1, dtype=np.int64)
+        ok = self.labelled
+        if ok.any():
+            out[ok] = np.argmax(self.values[ok], axis=1)
+        return out
+
+
+def describe_row(i: int, ids: Sequence[Any] | np.ndarray | None = None, *, what: str = "row") -> str:
+    """``"row 3"`` or ``"row 3 (id 'NGC 628 #12')"`` for error messages (``i`` is 0-based)."""
+    if ids is not None and 0 <= i < len(ids):
+        return f"{what} {i} (id '{ids[i]}')"
+    return f"{what} {i}"
+
+
+def _float_columns(table: Table, cols: Sequence[str], *, where: str, key: str) -> np.ndarray:
+    from ..catalogs import require_columns
+
+    require_columns(table, list(cols), where=where, key=key)
+    out = np.empty((len(table), len(cols)), dtype=np.float64)
+    for j, c in enumerate(cols):
+        try:
+            col = np.ma.asarray(table[c], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: column '{c}' (data.{key}) is not numeric (e.g. {table[c][0]!r}); "
+                            f"give numbers (fractions or counts)") from None
+        out[:, j] = np.ma.filled(col, np.nan)
+    return out
+
+
+def check_target_rows(values: np.ndarray, *, where: str, names: Sequence[str] | None = None,
+                      ids: Sequence[Any] | np.ndarray | None = None, tol: float = TARGET_SUM_TOLERANCE,
+                      allow_unlabelled: bool = False, what: str = "row",
+                      fix_sum: str = "fix the row, or set data.normalize_targets: true to renormalise rows") -> None:
+    """Raise :class:`~astrotl.errors.DataError` for the first target row that is not a probability vector.
+
+    Parameters
+    ----------
+    values : array_like, shape (n, K)
+        Target fractions per row.
+    where : str
+        What holds the rows (for the message), e.g. ``"labels table 'x.csv'"``.
+    names : sequence of str, optional
+        Target names (the message names the offending column).
+    ids : sequence, optional
+        Per-row ids (the message names the row's id too).
+    tol : float
+        Largest allowed ``|sum - 1|``.
+    allow_unlabelled : bool
+        Rows that are NaN in every column are unlabelled and pass; a row NaN in some columns only
+        is an error either way.
+    what : str
+        Word for a row in the message ("row", "sample").
+    fix_sum : str
+        The fix the message suggests for a row that does not sum to 1.
+
+    Raises
+    ------
+    DataError
+        For a NaN (unless the whole row is NaN and ``allow_unlabelled``), a negative value, or a row
+        whose sum differs from 1 by more than ``tol``.
+
+    Examples
+    --------
+    >>> check_target_rows([[0.2, 0.8], [0.5, 0.5]], where="catalogue 'c.ecsv'")
+    >>> check_target_rows([[0.2, 0.7]], where="catalogue 'c.ecsv'")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    astrotl.errors.DataError: catalogue 'c.ecsv': row 0 has targets summing to 0.9000, not 1 ...
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise DataError(f"{where}: targets must be one row of K fractions per sample, got shape {list(v.shape)}")
+    k = v.shape[1]
+    names = list(names) if names is not None else [f"target {j}" for j in range(k)]
+    nan = ~np.isfinite(v)
+    blank = nan.all(axis=1) if allow_unlabelled else np.zeros(len(v), dtype=bool)
+    bad = nan.any(axis=1) & ~blank
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        cols = [names[j] for j in np.flatnonzero(nan[i])]
+        hint = "; fill them, or blank the whole row to leave it unlabelled" if allow_unlabelled else \
+            "; give every sample a value in every target, or drop the sample"
+        raise DataError(f"{where}: {describe_row(i, ids, what=what)} has no value (NaN or blank) in target(s) {cols}{hint}")
+    rows = ~blank
+    neg = rows[:, None] & (v < 0)
+    if neg.any():
+        i, j = (int(a[0]) for a in np.nonzero(neg))
+        raise DataError(f"{where}: {describe_row(i, ids, what=what)} has a negative target {v[i, j]:g} in "
+                        f"'{names[j]}'; target fractions must be >= 0, fix the row")
+    sums = v.sum(axis=1)
+    off = rows & (np.abs(sums - 1.0) > tol)
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise DataError(f"{where}: {describe_row(i, ids, what=what)} has targets summing to {sums[i]:.4f}, not 1 "
+                        f"(tolerance {tol:g}; {int(off.sum())} such row(s)); {fix_sum}")
+
+
+def _check_blanks(values: np.ndarray, *, where: str, names: Sequence[str],
+                  ids: Sequence[Any] | np.ndarray | None) -> None:
+    """A row blank in some columns but not all is an error (all blank: unlabelled)."""
+    nan = ~np.isfinite(values)
+    bad = nan.any(axis=1) & ~nan.all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        cols = [names[j] for j in np.flatnonzero(nan[i])]
+        raise DataError(f"{where}: {describe_row(i, ids)} has no value (NaN or blank) in {cols}; fill them, or blank "
+                        f"the whole row to leave it unlabelled")
+
+
+def assign_targets(table: Table, cfg: LabelSplitConfig, *, where: str,
+                   ids: Sequence[Any] | np.ndarray | None = None) -> TargetSet | None:
+    """Read the soft labels (``target_cols`` / ``votes_cols`` / ``count_col``) of every row of ``table``.
+
+    A row blank (NaN / masked) in every target column is unlabelled; ``normalize_targets``
+    renormalises rows that do not sum to 1, else such a row is a :class:`~astrotl.errors.DataError`
+    naming it (as are negative values and partly blank rows).
+
+    Returns
+    -------
+    TargetSet or None
+        ``None`` when the config names no target columns.
+    """
+    if cfg.target_cols is None and cfg.votes_cols is None:
+        return None
+    cols = cfg.target_cols if cfg.target_cols is not None else cfg.votes_cols
+    names = list(cfg.target_names) if cfg.target_names is not None else list(cols)
+    votes = None
+    if cfg.votes_cols is not None:
+        votes = _float_columns(table, cfg.votes_cols, where=where, key="votes_cols")
+        _check_blanks(votes, where=where, names=cfg.votes_cols, ids=ids)
+        neg = np.isfinite(votes) & (votes < 0)
+        if neg.any():
+            i, j = (int(a[0]) for a in np.nonzero(neg))
+            raise DataError(f"{where}: {describe_row(i, ids)} has a negative vote count {votes[i, j]:g} in "
+                            f"'{cfg.votes_cols[j]}'; counts must be >= 0, fix the row")
+    if cfg.target_cols is not None:
+        values = _float_columns(table, cfg.target_cols, where=where, key="target_cols")
+    else:
+        total = votes.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(total > 0, votes / np.where(total > 0, total, 1.0), np.nan)
+    if cfg.normalize_targets:
+        _check_blanks(values, where=where, names=names, ids=ids)
+        neg = np.isfinite(values) & (values < 0)
+        if neg.any():
+            i, j = (int(a[0]) for a in np.nonzero(neg))
+            raise DataError(f"{where}: {describe_row(i, ids)} has a negative target {values[i, j]:g} in "
+                            f"'{names[j]}'; target fractions must be >= 0, fix the row")
+        sums = values.sum(axis=1, keepdims=True)
+        zero = np.isfinite(sums[:, 0]) & (sums[:, 0] <= 0)
+        if zero.any():
+            i = int(np.flatnonzero(zero)[0])
+            raise DataError(f"{where}: {describe_row(i, ids)} has all targets 0 and cannot be normalised; give at least "
+                            f"one non-zero fraction, or blank the row to leave it unlabelled")
+        values = values / sums
+    check_target_rows(values, where=where, names=names, ids=ids, allow_unlabelled=True)
+    if cfg.count_col is not None:
+        n = _float_columns(table, [cfg.count_col], where=where, key="count_col")[:, 0]
+        labelled = np.isfinite(values).all(axis=1)
+        bad = labelled & ~(np.isfinite(n) & (n >= 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{where}: {describe_row(i, ids)} has {n[i]:g} voters in '{cfg.count_col}' (data.count_col); "
+                            f"give a count >= 0 for every labelled row")
+        votes = np.where(labelled[:, None], np.round(values * n[:, None]), np.nan)
+    elif votes is not None:
+        votes = np.where(np.isfinite(values).all(axis=1)[:, None], votes, np.nan)
+    return TargetSet(names, values, votes)

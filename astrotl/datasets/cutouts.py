@@ -2,10 +2,12 @@
 
 One FITS mosaic per band (the HDU chosen by name or index, memory-mapped) plus a source
 catalogue (ECSV / FITS / CSV with pixel ``x``, ``y`` or sky ``ra``, ``dec``; LEGUS ``.tab``;
-PHANGS-HST cluster catalogues). Each sample is a ``[C, size, size]`` stamp cut with
-:class:`astropy.nddata.Cutout2D` when the sample is asked for, so memory does not grow with the
-mosaic or the catalogue; ``cache: npy`` instead extracts the split once into a memory-mapped
-``.npy`` under ``cache_dir``.
+PHANGS-HST cluster catalogues). Each sample is a ``[C, size, size]`` stamp cut (with
+:class:`astropy.nddata.Cutout2D`'s rule, by plain slicing of the memory-mapped bands, see
+:mod:`astrotl.fitsio`) when the sample is asked for, so memory does not grow with the mosaic or
+the catalogue; a DataLoader asking for a whole batch (``__getitems__``) gets its stamps cut and
+normalised in one vectorised pass. ``cache: npy`` instead extracts the split once into a
+memory-mapped ``.npy`` under ``cache_dir``.
 
 YAML::
 
@@ -45,7 +47,8 @@ Per-row flags in :meth:`CatalogCutoutDataset.catalog` (PHANGS calls edge objects
 
 ``outside`` and ``edge`` come from the positions alone (instant); ``nan`` and ``missing_band``
 need the pixels, so they are computed by one streaming pass when first needed (``catalog()``,
-or ``drop_flagged`` naming them) and cached under ``cache_dir``.
+or ``drop_flagged`` naming them) and cached under ``cache_dir``; rows whose stamps this process
+has already cut (e.g. by ``astrotl predict``) are not cut again.
 
 Every input problem is a :class:`~astrotl.errors.DataError` raised in ``__init__``, before any
 cutout is made: missing/corrupt/truncated FITS, an HDU that is not there, sky positions without
@@ -65,16 +68,20 @@ import torch
 from astropy.table import MaskedColumn, Table
 from pydantic import Field, field_validator, model_validator
 
-from ..catalogs import check_unique_ids, pixel_positions, read_catalog, require_columns, sky_positions
+from ..catalogs import (check_bands_once, check_unique_ids, pixel_positions, read_catalog, require_columns, sky_positions,
+                        unlisted_label_report)
 from ..data import NormalizeConfig, normalize_images, robust_band_scale
 from ..errors import DataError
 from ..fitsio import MosaicStack, geometry_flags
 from ..interfaces import DatasetInfo, ImageDataset
 from ..io import atomic_path, write_json
-from .common import (FlagName, LabelSplitConfig, assign_labels, cache_key, class_descriptions, file_stamp,
-                     select_split, split_assignment)
+from .common import (FlagName, LabelSplitConfig, assign_labels, assign_targets, cache_key, class_descriptions,
+                     file_stamp, group_ids, select_split, split_assignment)
 
 log = logging.getLogger(__name__)
+
+#: Stamps cut per vectorised pass when the whole split is walked (pixel flags, npy cache).
+_CHUNK = 1024
 
 
 def _digest(rows: np.ndarray) -> str:
@@ -120,6 +127,17 @@ class CatalogCutoutConfig(LabelSplitConfig):
 
     @model_validator(mode="after")
     def _check(self):
+        check_bands_once(list(self.images), "images")
+        if self.legus_bands is not None:
+            check_bands_once(self.legus_bands, "legus_bands")
+        seen: dict[tuple[str, str], str] = {}
+        for band, path in self.images.items():
+            hdu = self.hdu.get(band) if isinstance(self.hdu, dict) else self.hdu
+            key = (str(Path(str(path)).expanduser().resolve()) if "${" not in str(path) else str(path), str(hdu))
+            if key in seen:
+                raise ValueError(f"bands {seen[key]} and {band} both read {'HDU ' + str(hdu) + ' of ' if hdu is not None else ''}"
+                                 f"'{path}': a band given twice; give each band its own image (or its own hdu)")
+            seen[key] = band
         if self.mag_cols is not None and "{band}" not in self.mag_cols:
             raise ValueError(f"mag_cols must contain '{{band}}', e.g. 'mag_{{band}}', got {self.mag_cols!r}")
         return self
@@ -135,6 +153,7 @@ class CatalogCutoutDataset(ImageDataset):
         super().__init__(config, split=split, seed=seed, cache_dir=cache_dir)
         c = config
         self.bands = tuple(c.images)
+        self._memo: tuple[np.ndarray, np.ndarray] | None = None  # pixel flags of the rows cut in this process
         where = f"catalogue '{c.catalog}'"
         # 1. images: all files opened and checked first (memory-mapped; no pixels read)
         self._stack = MosaicStack.open(c.images, c.hdu, need_wcs=c.coords == "sky", same_grid=c.coords == "pixel")
@@ -183,6 +202,13 @@ class CatalogCutoutDataset(ImageDataset):
         self._outside, self._edge = outside, edge
         # 4. labels and split
         labels, classes, raw = assign_labels(table, c, where=where)
+        self._label_report = unlisted_label_report(raw, labels, classes, label_col=c.label_col, class_map=c.class_map,
+                                                   keep_unlabelled=c.keep_unlabelled, where=where)
+        target_set = assign_targets(table, c, where=where, ids=np.asarray(table[c.id_col]) if c.id_col else None)
+        if target_set is not None:
+            # rows without targets are unlabelled; without label_col the targets' argmax stratifies the split
+            labels = np.where(target_set.labelled, labels if classes is not None else target_set.labels, -1)
+        labelled = classes is not None or target_set is not None
         self._all_labels, self.classes, self._raw_labels = labels, classes, raw
         assignment = split_assignment(n, labels, c, table, where=where)
         keep = np.ones(n, dtype=bool)
@@ -203,9 +229,16 @@ class CatalogCutoutDataset(ImageDataset):
                 keep[cand[miss != ""]] = False
         if c.drop_flagged:
             log.info("catalog_cutouts: %d of %d rows dropped for flags %s", int((~keep).sum()), n, c.drop_flagged)
-        self._rows = select_split(split, assignment, labels, c.keep_unlabelled, classes is not None)
+        self._rows = select_split(split, assignment, labels, c.keep_unlabelled, labelled)
         self._rows = self._rows[keep[self._rows]]
         self._labels = labels[self._rows]
+        self._target_names = target_set.names if target_set is not None else None
+        self._targets = target_set.values[self._rows] if target_set is not None else None
+        self._votes = target_set.votes[self._rows] if target_set is not None and target_set.votes is not None else None
+        all_groups = group_ids(table, c, where=where)
+        self._groups = all_groups[self._rows] if all_groups is not None else None
+        if self._groups is None:
+            self.groups = None  # no group_col: no groups() (the engine then counts samples, not objects)
         self._band_scale = self._noise_scale(assignment, keep, labels) if c.normalize.scale == "dataset" else None
         self._cache: np.ndarray | None = None
         self._cache_flags: tuple[np.ndarray, np.ndarray] | None = None
@@ -242,6 +275,22 @@ class CatalogCutoutDataset(ImageDataset):
         x, y = self._positions(row)
         return self._stack.cutout(x, y, self.config.size, with_wcs=with_wcs)
 
+    def _cut_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Unnormalised stamps ``float32 [N, C, size, size]`` of catalogue rows, cut in one vectorised pass
+        (:meth:`astrotl.fitsio.MosaicStack.cutouts`); their pixel flags are remembered for :meth:`flags`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        batch = self._stack.cutouts(self._px[:, rows], self._py[:, rows], self.config.size)
+        if self._memo is None:
+            n = len(self._table)
+            self._memo = (np.full(n, np.nan, dtype=np.float64), np.zeros((n, len(self.bands)), dtype=bool))
+        self._memo[0][rows] = batch.nan_fraction
+        self._memo[1][rows] = batch.missing
+        return batch.stamps
+
+    def _band_list(self, missing: np.ndarray) -> str:
+        """'F275W,F336W' from a row of the missing-band mask."""
+        return ",".join(b for b, m in zip(self.bands, missing) if m)
+
     def _pixel_flags(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(nan_fraction, missing_bands as 'a,b') for catalogue rows, streamed and cached on disk."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -253,13 +302,17 @@ class CatalogCutoutDataset(ImageDataset):
                 return z["nan_fraction"], z["missing"].astype(object)
             except Exception:  # a damaged cache file is recomputed
                 log.warning("ignoring unreadable cache file %s", path)
-        nanf = np.zeros(len(rows), dtype=np.float32)
-        miss = np.empty(len(rows), dtype=object)
-        for i, row in enumerate(rows):
-            x, y = self._positions(int(row))
-            _, flags = self._stack.cutout(x, y, self.config.size)
-            nanf[i] = flags.nan_fraction
-            miss[i] = ",".join(flags.missing_bands)
+        if self._memo is not None:
+            known = np.isfinite(self._memo[0][rows])
+        else:
+            known = np.zeros(len(rows), dtype=bool)
+        for start in range(0, int((~known).sum()), _CHUNK):  # the rows not cut yet, a batch at a time
+            todo = rows[~known][start:start + _CHUNK]
+            self._cut_rows(todo)
+        memo_nanf, memo_miss = self._memo if self._memo is not None else (np.zeros(0, np.float32), None)
+        nanf = memo_nanf[rows].astype(np.float32) if len(rows) else np.zeros(0, dtype=np.float32)
+        miss = np.array([self._band_list(m) for m in memo_miss[rows]], dtype=object) if len(rows) \
+            else np.empty(0, dtype=object)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, nan_fraction=nanf, missing=miss.astype(str))
@@ -283,7 +336,7 @@ class CatalogCutoutDataset(ImageDataset):
                 return np.asarray(json.loads(path.read_text())["band_scale"], dtype=np.float32)
             except (OSError, ValueError, KeyError, TypeError):  # unreadable/corrupt cache: recompute
                 log.warning("ignoring unreadable cache file %s", path)
-        stamps = np.stack([self._stack.cutout(*self._positions(int(r)), c.size)[0] for r in pick])
+        stamps = self._cut_rows(pick)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             scale = robust_band_scale(stamps)
@@ -302,11 +355,11 @@ class CatalogCutoutDataset(ImageDataset):
             miss = np.empty(n, dtype=object)
             with atomic_path(path) as tmp:
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, nb, c.size, c.size))
-                for i, row in enumerate(self._rows):
-                    stamp, flags = self._stack.cutout(*self._positions(int(row)), c.size)
-                    arr[i] = stamp
-                    nanf[i] = flags.nan_fraction
-                    miss[i] = ",".join(flags.missing_bands)
+                for start in range(0, n, _CHUNK):
+                    rows = self._rows[start:start + _CHUNK]
+                    arr[start:start + len(rows)] = self._cut_rows(rows)
+                    nanf[start:start + len(rows)] = self._memo[0][rows]
+                    miss[start:start + len(rows)] = [self._band_list(m) for m in self._memo[1][rows]]
                 arr.flush()
                 del arr
             with atomic_path(flags_path) as tmp:
@@ -325,37 +378,77 @@ class CatalogCutoutDataset(ImageDataset):
             stamp = np.asarray(self._cache[index])
         else:
             stamp, _ = self.raw_cutout(index)
-        if np.isfinite(stamp).all():
-            image = normalize_images(stamp[None], self.config.normalize, self._band_scale)[0]
+        return self._samples([index], stamp[None])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The samples of a whole batch (PyTorch's DataLoader asks for them this way): the stamps are cut
+        (or read from the ``npy`` cache) and normalised in one vectorised pass; the same samples as
+        ``[self[i] for i in indices]``."""
+        indices = [int(i) for i in indices]
+        if self._cache is not None:
+            stamps = np.asarray(self._cache[np.asarray(indices, dtype=np.int64)])
         else:
+            stamps = self._cut_rows(self._rows[np.asarray(indices, dtype=np.int64)])
+        return self._samples(indices, stamps)
+
+    def _samples(self, indices: list[int], stamps: np.ndarray) -> list[dict[str, Any]]:
+        """Sample dicts from unnormalised stamps ``[N, C, size, size]`` of the samples ``indices``."""
+        finite = np.isfinite(stamps).all(axis=(1, 2, 3))
+        if finite.all():
+            images = normalize_images(stamps, self.config.normalize, self._band_scale)
+        else:  # stamps with NaNs take numpy's slower NaN-aware statistics; the others need not
+            images = np.empty(stamps.shape, dtype=np.float32)
+            if finite.any():
+                images[finite] = normalize_images(stamps[finite], self.config.normalize, self._band_scale)
             with warnings.catch_warnings():  # all-NaN bands (flagged rows) become zeros; numpy's warning is noise
                 warnings.simplefilter("ignore", RuntimeWarning)
-                image = normalize_images(stamp[None], self.config.normalize, self._band_scale)[0]
-        sample: dict[str, Any] = {"image": torch.from_numpy(image), "index": index}
-        if self.classes is not None:
-            sample["label"] = int(self._labels[index])
-        return sample
+                images[~finite] = normalize_images(stamps[~finite], self.config.normalize, self._band_scale)
+        out = []
+        for j, index in enumerate(indices):
+            sample: dict[str, Any] = {"image": torch.from_numpy(images[j]), "index": index}
+            if self.classes is not None:
+                sample["label"] = int(self._labels[index])
+            if self._targets is not None:
+                sample["target"] = torch.from_numpy(self._targets[index].copy())
+                if self._votes is not None:
+                    sample["votes"] = torch.from_numpy(self._votes[index].copy())
+            out.append(sample)
+        return out
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(bands=self.bands, classes=tuple(self.classes) if self.classes else None,
                            class_descriptions=class_descriptions(self.config, self.classes),
-                           image_size=self.config.size,
+                           targets=self._target_names, image_size=self.config.size,
                            extra={"catalog": str(self.config.catalog), "images": dict(self.config.images)})
 
     def labels(self) -> np.ndarray:
-        """Class index per sample (-1: unlabelled)."""
+        """Class index per sample (-1: unlabelled); for soft labels without ``label_col``, the targets' argmax."""
         return self._labels
+
+    def targets(self) -> np.ndarray | None:
+        """Soft labels ``float32 [N, K]`` of this split (NaN rows: unlabelled); ``None`` without target columns."""
+        return self._targets
+
+    def votes(self) -> np.ndarray | None:
+        """Vote counts ``float32 [N, K]`` (``votes_cols`` or ``round(target * count_col)``), else ``None``."""
+        return self._votes
+
+    def groups(self) -> np.ndarray:
+        """The ``group_col`` value (text) of each sample; the attribute is ``None`` without ``group_col``."""
+        return self._groups
 
     def rows(self) -> np.ndarray:
         """Catalogue row number of each sample."""
         return self._rows
 
-    def flags(self) -> Table:
+    def flags(self, samples: np.ndarray | None = None) -> Table:
         """Per-sample flags: ``flag_outside``, ``flag_edge``, ``flag_nan``, ``nan_fraction``,
-        ``flag_missing_band``, ``missing_bands`` (pixel flags computed once and cached)."""
-        rows = self._rows
+        ``flag_missing_band``, ``missing_bands`` (pixel flags computed once and cached); of the samples
+        ``samples`` only, when given (e.g. one chunk of a prediction)."""
+        sel = slice(None) if samples is None else np.asarray(samples, dtype=np.int64)
+        rows = self._rows[sel]
         if self._cache_flags is not None:
-            nanf, miss = self._cache_flags
+            nanf, miss = (np.asarray(a)[sel] for a in self._cache_flags)
         else:
             nanf, miss = self._pixel_flags(rows) if len(rows) else (np.zeros(0, np.float32), np.zeros(0, object))
         t = Table()
@@ -371,12 +464,16 @@ class CatalogCutoutDataset(ImageDataset):
         t["missing_bands"].description = "bands with no finite pixel in the stamp"
         return t
 
-    def catalog(self) -> Table:
+    def catalog(self, samples: np.ndarray | None = None) -> Table:
         """Per-sample metadata: ``id``, ``x``, ``y`` (0-based, first band), ``ra``, ``dec`` (sky coords),
-        ``label_raw`` and ``class`` (when labelled), magnitudes and extra columns, and the flags."""
+        ``label_raw`` and ``class`` (when labelled), magnitudes and extra columns, and the flags; of the
+        samples ``samples`` only, when given (their pixel flags alone are computed)."""
         c = self.config
-        rows = self._rows
+        sel = slice(None) if samples is None else np.asarray(samples, dtype=np.int64)
+        rows = self._rows[sel]
         t = Table(meta={"catalog": str(c.catalog), "bands": list(self.bands), "size": c.size, "pixel_origin": 0})
+        if self._label_report:
+            t.meta["label_report"] = dict(self._label_report)
         t["id"] = np.asarray(self._table[c.id_col])[rows] if c.id_col else rows
         t["x"] = self._px[0, rows]
         t["y"] = self._py[0, rows]
@@ -390,13 +487,13 @@ class CatalogCutoutDataset(ImageDataset):
         if self.classes is not None:
             t["label_raw"] = np.array([str(v) for v in self._raw_labels[rows]], dtype=str) if len(rows) else \
                 np.zeros(0, dtype=str)
-            t["class"] = np.array([self.classes[i] if i >= 0 else "" for i in self._labels], dtype=str) if len(rows) \
+            t["class"] = np.array([self.classes[i] if i >= 0 else "" for i in self._labels[sel]], dtype=str) if len(rows) \
                 else np.zeros(0, dtype=str)
         for col in [*self._mag_cols, *c.extra_columns]:
             if col not in t.colnames:
                 src = self._table[col]
                 t[col] = MaskedColumn(src[rows]) if hasattr(src, "mask") else src[rows]
-        flags = self.flags()
+        flags = self.flags(samples)
         for name in flags.colnames:
             t[name] = flags[name]
         return t

@@ -24,6 +24,23 @@ YAML (the Galaxy Zoo 1 development set)::
       resize: 64
       split_fractions: [0.7, 0.15, 0.15]   # seeded, stratified by class
 
+Normalisation (``pixel_norm``), for PNG/JPEG (after ``x / 255``) and FITS alike:
+
+``auto`` (default)
+    the normalisation recorded with the backbone's weights when they are an astrotl export
+    (``weights: run:<dir>``: pre-training and fine-tuning then see the same pixel statistics), else
+    :data:`DEFAULT_PIXEL_NORM` for PNG/JPEG and the ``normalize`` block for FITS;
+``image``
+    per-image standardisation, ``(x - mean) / std`` over all bands of the image (keeps colours);
+``robust``
+    per image, ``(x - median) / (1.4826 MAD)``; ``asinh``: ``asinh(robust / normalize.softening)``;
+``dataset``
+    PNG/JPEG: per-channel mean and standard deviation of the training split; FITS: the ``normalize`` block;
+``imagenet`` / ``unit``
+    PNG/JPEG: ImageNet's channel mean and standard deviation / ``x / 255`` only (FITS: the ``normalize`` block).
+
+The default for PNG/JPEG was chosen by measurement on the Galaxy Zoo 1 development set (docs/recipes.md).
+
 Splits: ``split_col`` (values train/val/test), else seeded fractions stratified by class
 (``split_seed``, independent of the run seed). ``predict`` is every row.
 """
@@ -40,18 +57,20 @@ import torch
 from astropy.table import Table
 from pydantic import Field, model_validator
 
-from ..catalogs import check_unique_ids, read_catalog, require_columns
-from ..data import NormalizeConfig, normalize_images, robust_band_scale
+from ..catalogs import check_bands_once, check_unique_ids, read_catalog, require_columns, unlisted_label_report
+from ..data import NormalizeConfig, normalize_images, per_image_normalise, robust_band_scale
 from ..errors import DataError
 from ..interfaces import DatasetInfo, ImageDataset
 from ..io import atomic_path
-from .common import (LabelSplitConfig, assign_labels, cache_key, class_descriptions, file_stamp, select_split,
-                     split_assignment)
+from .common import (LabelSplitConfig, assign_labels, assign_targets, cache_key, class_descriptions, file_stamp,
+                     group_ids, select_split, split_assignment)
 
 log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+#: What ``pixel_norm: auto`` means for PNG/JPEG images without recorded weights normalisation (docs/recipes.md).
+DEFAULT_PIXEL_NORM = "dataset"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -72,15 +91,20 @@ class ImageFolderConfig(LabelSplitConfig):
     hdu: str | int | None = Field(None, description="FITS without bands: the HDU (default first 2-D image or cube)")
     crop: int | None = Field(None, ge=1, description="centre crop to this side (px) before resizing")
     resize: int | None = Field(None, ge=1, description="resize to this side (px) after cropping")
-    pixel_norm: Literal["dataset", "imagenet", "unit"] = Field(
-        "dataset", description="PNG/JPEG: x/255 then per-channel mean/std of the training split, ImageNet's, or none")
-    normalize: NormalizeConfig = Field(NormalizeConfig(), description="FITS images: background, scale and stretch")
+    pixel_norm: Literal["auto", "image", "robust", "asinh", "dataset", "imagenet", "unit"] = Field(
+        "auto", description="auto: what the backbone's astrotl weights were trained with, else the default; image: "
+                            "per-image standardisation; robust: per-image median/MAD; asinh: asinh of robust; dataset: "
+                            "training-split channel mean/std (FITS: the normalize block); imagenet; unit (x/255)")
+    normalize: NormalizeConfig = Field(NormalizeConfig(), description="FITS images with pixel_norm auto/dataset: "
+                                                                      "background, scale and stretch")
     max_images: int | None = Field(None, ge=1, description="use only the first N rows of the table (quick tests)")
     cache: bool = Field(True, description="cache the decoded, cropped, resized stack in cache_dir")
     workers: int = Field(4, ge=1, description="threads decoding images when the cache is built")
 
     @model_validator(mode="after")
     def _check(self):
+        if self.bands is not None:
+            check_bands_once(self.bands, "bands")
         if self.file_col is None and self.id_col is None:
             raise ValueError("set file_col (image paths) or id_col with file_pattern (e.g. 'images/{id}.jpeg')")
         if self.file_col is None and "{id}" not in self.file_pattern:
@@ -227,17 +251,70 @@ class ImageFolderDataset(ImageDataset):
             self.bands = tuple(c.bands) if c.bands else default
         self._files = files
         self._table = table
-        labels, classes, raw = assign_labels(table, c, where=where)
+        # soft labels (target_cols / votes_cols): label_col is then optional; its default 'label' is not required
+        # (a resolved config repeats the default, so a missing default column is ignored too)
+        soft = c.target_cols is not None or c.votes_cols is not None
+        default_label = type(c).model_fields["label_col"].default
+        unset = "label_col" not in c.model_fields_set or (c.label_col == default_label and
+                                                           default_label not in table.colnames)
+        label_cfg = c.model_copy(update={"label_col": None}) if soft and unset else c
+        labels, classes, raw = assign_labels(table, label_cfg, where=where)
+        self._label_report = unlisted_label_report(raw, labels, classes, label_col=label_cfg.label_col,
+                                                   class_map=c.class_map, keep_unlabelled=c.keep_unlabelled, where=where)
         self.classes, self._raw_labels = classes, raw
+        target_set = assign_targets(table, c, where=where, ids=np.asarray(table[c.id_col]) if c.id_col else None)
+        if target_set is not None:
+            # rows without targets are unlabelled; without label_col the targets' argmax stratifies the split
+            labels = np.where(target_set.labelled, labels if classes is not None else target_set.labels, -1)
+        labelled = classes is not None or target_set is not None
         assignment = split_assignment(len(table), labels, c, table, where=where)
-        self._rows = select_split(split, assignment, labels, c.keep_unlabelled, classes is not None)
+        self._rows = select_split(split, assignment, labels, c.keep_unlabelled, labelled)
         self._labels = labels[self._rows]
+        self._target_names = target_set.names if target_set is not None else None
+        self._targets = target_set.values[self._rows] if target_set is not None else None
+        self._votes = target_set.votes[self._rows] if target_set is not None and target_set.votes is not None else None
+        all_groups = group_ids(table, c, where=where)
+        self._groups = all_groups[self._rows] if all_groups is not None else None
+        if self._groups is None:
+            self.groups = None  # no group_col: no groups() (the engine then counts samples, not objects)
         self._stack = self._load_stack()
         if self.kind == "fits":
             self.bands = tuple(c.bands) if c.bands else tuple(f"band{i}" for i in range(self._stack.shape[1]))
-        train = select_split("train", assignment, labels, c.keep_unlabelled, classes is not None)
+        train = select_split("train", assignment, labels, c.keep_unlabelled, labelled)
         train = train if len(train) else np.arange(len(table))
         self._norm = self._normalisation(train)
+
+    # -- normalisation -----------------------------------------------------------------------------
+    @classmethod
+    def adopt_normalisation(cls, config: ImageFolderConfig, recorded: dict[str, Any]) -> ImageFolderConfig:
+        """``config`` with ``pixel_norm: auto`` replaced by the normalisation recorded with the weights.
+
+        Called through :func:`astrotl.data.adopt_weights_normalisation`; an explicit ``pixel_norm`` is kept.
+        A recorded ``normalize`` block (FITS pre-training) is adopted when the task file does not set one.
+        """
+        if config.pixel_norm != "auto":
+            return config
+        update: dict[str, Any] = {}
+        method = recorded.get("pixel_norm")
+        if method in ("image", "robust", "asinh", "dataset", "unit") or (method == "imagenet" and config.color == "rgb"):
+            update["pixel_norm"] = method
+        block = recorded.get("normalize")
+        if isinstance(block, dict) and "normalize" not in config.model_fields_set:
+            try:
+                update["normalize"] = NormalizeConfig.model_validate(block)
+            except ValueError:
+                pass
+        if update:
+            log.info("image_folder: normalisation from the backbone's weights: %s", update)
+        return config.model_copy(update=update) if update else config
+
+    @property
+    def pixel_norm(self) -> str:
+        """The normalisation in effect: a ``pixel_norm`` value, or ``normalize`` (FITS: the ``normalize`` block)."""
+        p = self.config.pixel_norm
+        if self.kind == "fits":
+            return p if p in ("image", "robust", "asinh") else "normalize"
+        return DEFAULT_PIXEL_NORM if p == "auto" else p
 
     # -- loading -----------------------------------------------------------------------------------
     def _load_stack(self) -> np.ndarray:
@@ -282,15 +359,18 @@ class ImageFolderDataset(ImageDataset):
 
     def _normalisation(self, train: np.ndarray) -> dict[str, Any]:
         c = self.config
+        method = self.pixel_norm
+        if method in ("image", "robust", "asinh"):
+            return {"method": method}
         if self.kind == "fits":
             scale = None
             if c.normalize.scale == "dataset":
                 pick = np.sort(np.random.default_rng(c.split_seed).permutation(train)[:2000])
                 scale = robust_band_scale(np.asarray(self._stack[pick]))
-            return {"band_scale": scale}
-        if c.pixel_norm == "unit":
+            return {"method": method, "band_scale": scale}
+        if method == "unit":
             mean, std = np.zeros(len(self.bands)), np.ones(len(self.bands))
-        elif c.pixel_norm == "imagenet":
+        elif method == "imagenet":
             if len(self.bands) != 3:
                 raise DataError("pixel_norm: imagenet needs 3-channel (rgb) images; use dataset or unit")
             mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
@@ -299,8 +379,20 @@ class ImageFolderDataset(ImageDataset):
             x = np.asarray(self._stack[pick], dtype=np.float32) / 255.0
             mean = x.mean(axis=(0, 2, 3))
             std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
-        return {"mean": torch.as_tensor(mean, dtype=torch.float32)[:, None, None],
+        return {"method": method, "mean": torch.as_tensor(mean, dtype=torch.float32)[:, None, None],
                 "std": torch.as_tensor(std, dtype=torch.float32)[:, None, None]}
+
+    def normalisation(self) -> dict[str, Any]:
+        """The normalisation in effect, as recorded with exported weights (``pixel_norm`` and its parameters)."""
+        out: dict[str, Any] = {"pixel_norm": self.pixel_norm if self.pixel_norm != "normalize" else "dataset"}
+        if self.pixel_norm in ("dataset", "imagenet", "unit"):
+            out.update(mean=[float(v) for v in self._norm["mean"].flatten()],
+                       std=[float(v) for v in self._norm["std"].flatten()], space="x / 255")
+        elif self.pixel_norm == "normalize":
+            out["normalize"] = self.config.normalize.model_dump(mode="json")
+        elif self.pixel_norm == "asinh":
+            out["softening"] = float(self.config.normalize.softening)
+        return out
 
     # -- Dataset API -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -308,24 +400,46 @@ class ImageFolderDataset(ImageDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         raw = np.asarray(self._stack[int(self._rows[index])])
-        if self.kind == "raster":
+        if self._norm["method"] in ("image", "robust", "asinh"):
+            x = torch.from_numpy(raw.astype(np.float32))[None]
+            image = per_image_normalise(x / 255.0 if self.kind == "raster" else x, self._norm["method"],
+                                        self.config.normalize.softening)[0]
+        elif self.kind == "raster":
             image = (torch.from_numpy(raw.astype(np.float32)) / 255.0 - self._norm["mean"]) / self._norm["std"]
         else:
             image = torch.from_numpy(normalize_images(raw[None], self.config.normalize, self._norm["band_scale"])[0])
         sample: dict[str, Any] = {"image": image, "index": index}
         if self.classes is not None:
             sample["label"] = int(self._labels[index])
+        if self._targets is not None:
+            sample["target"] = torch.from_numpy(self._targets[index].copy())
+            if self._votes is not None:
+                sample["votes"] = torch.from_numpy(self._votes[index].copy())
         return sample
 
     def info(self) -> DatasetInfo:
         size = self._stack.shape[-1] if self._stack.shape[-1] == self._stack.shape[-2] else None
         return DatasetInfo(bands=self.bands, classes=tuple(self.classes) if self.classes else None,
-                           class_descriptions=class_descriptions(self.config, self.classes), image_size=size,
-                           extra={"root": str(self.config.root), "kind": self.kind})
+                           class_descriptions=class_descriptions(self.config, self.classes),
+                           targets=self._target_names, image_size=size,
+                           extra={"root": str(self.config.root), "kind": self.kind,
+                                  "normalisation": self.normalisation()})
 
     def labels(self) -> np.ndarray:
-        """Class index per sample (-1: unlabelled)."""
+        """Class index per sample (-1: unlabelled); for soft labels without ``label_col``, the targets' argmax."""
         return self._labels
+
+    def targets(self) -> np.ndarray | None:
+        """Soft labels ``float32 [N, K]`` of this split (NaN rows: unlabelled); ``None`` without target columns."""
+        return self._targets
+
+    def votes(self) -> np.ndarray | None:
+        """Vote counts ``float32 [N, K]`` (``votes_cols`` or ``round(target * count_col)``), else ``None``."""
+        return self._votes
+
+    def groups(self) -> np.ndarray:
+        """The ``group_col`` value (text) of each sample; the attribute is ``None`` without ``group_col``."""
+        return self._groups
 
     def raw_images(self) -> np.ndarray:
         """The cached (cropped, resized, not normalised) images of this split, ``[N, C, H, W]``."""
@@ -336,6 +450,8 @@ class ImageFolderDataset(ImageDataset):
         c = self.config
         rows = self._rows
         t = Table(meta={"root": str(c.root), "labels": str(c.labels)})
+        if self._label_report:
+            t.meta["label_report"] = dict(self._label_report)
         root = Path(c.root).expanduser()
         names = np.array([str(self._files[r].relative_to(root)) for r in rows], dtype=str) if len(rows) else \
             np.zeros(0, dtype=str)

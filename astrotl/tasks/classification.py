@@ -11,14 +11,24 @@ from astropy.table import Table
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..data import d4_augment
-from ..interfaces import ComponentConfig, DatasetInfo, Task
-from ..plots import binned_accuracy_plot, confusion_matrix_plot, training_curves_plot
+from ..interfaces import Backbone, ComponentConfig, DatasetInfo, Head, Task
+from ..plots import binned_accuracy_plot, confusion_matrix_plot, roc_curve_plot
 
 
 class ClassificationTaskConfig(ComponentConfig):
-    augment: Literal["d4", "flip", "none"] = Field(
-        "d4", description="training augmentation: d4 = random 90-degree rotations and flips (Wei et al. 2020)")
+    augment: Literal["d4", "flips", "flip", "rot90", "none"] = Field(
+        "d4", description="training augmentation: a random element of this symmetry group per image (d4 = 90-degree "
+                          "rotations and mirror flips, Wei et al. 2020; see astrotl.symmetry); labels follow "
+                          "label_symmetry")
+    label_symmetry: dict[str, dict[str, str]] | None = Field(
+        None, description="what each class becomes under a left-right mirror and a quarter turn, e.g. {flip: {CW: ACW, "
+                          "ACW: CW}}; unlisted classes are invariant (default: the data set's declaration, else all)")
+    tta: Literal["none", "flip", "flips", "rot90", "d4"] = Field(
+        "none", description="test-time augmentation: average the probabilities over this symmetry group (un-permuted "
+                            "by label_symmetry) in the test predictions and `astrotl predict`")
+    calibration: Literal["none", "temperature"] = Field(
+        "none", description="temperature: fit one temperature on the validation split after training (lowest NLL); "
+                            "calibrated probabilities in predictions.ecsv, ECE before/after, reliability diagram")
     class_weights: Literal["none", "balanced"] = Field("none", description="weight the loss by inverse class frequency")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     combine: dict[str, list[str]] = Field(
@@ -33,6 +43,11 @@ class ClassificationTaskConfig(ComponentConfig):
             if len(members) < 2:
                 raise ValueError(f"combine['{key}'] must list at least two classes, got {members}")
         return self
+
+
+def _default_temperature(state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: a model saved before calibration existed has temperature 1."""
+    state_dict.setdefault(f"{prefix}temperature", torch.ones(()))
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
@@ -65,7 +80,10 @@ class ClassificationTask(Task):
     """Fine-tune a backbone + head to classify images into the data set's classes."""
 
     name = "classification"
+    kind = "classification"
     Config = ClassificationTaskConfig
+    headline_metric = "accuracy"
+    higher_is_better = True
 
     def __init__(self, config: ClassificationTaskConfig, info: DatasetInfo):
         super().__init__(config, info)
@@ -81,10 +99,30 @@ class ClassificationTask(Task):
 
             raise ConfigError(f"task.combine names classes {unknown} that the data set does not have; classes are {self.classes}")
         self._class_weight: torch.Tensor | None = None
+        from ..symmetry import LabelSymmetry
+
+        declared = config.label_symmetry
+        if declared is None:
+            declared = (info.extra or {}).get("label_symmetry")
+        #: How the classes transform under mirrors and quarter turns (augmentation permutes labels, TTA un-permutes).
+        self.symmetry = LabelSymmetry.from_declaration(declared, self.classes)
+        #: Set by :meth:`calibrate`: the fitted temperature and the validation NLL / ECE before and after.
+        self.calibration: dict[str, Any] | None = None
 
     # -- model and loss ---------------------------------------------------------------------------
     def output_dim(self) -> int:
         return len(self.classes)
+
+    def build_model(self, backbone: Backbone, head: Head) -> nn.Module:
+        """``head(backbone(x))`` with a ``temperature`` buffer (1 until :meth:`calibrate` fits it).
+
+        The buffer travels in ``model.safetensors``, so ``astrotl predict`` applies the calibration; a model
+        saved before calibration existed loads with temperature 1.
+        """
+        model = super().build_model(backbone, head)
+        model.register_buffer("temperature", torch.ones(()))
+        model._register_load_state_dict_pre_hook(_default_temperature)  # module level: picklable (ddp_spawn)
+        return model
 
     def set_class_counts(self, counts: np.ndarray) -> None:
         """Called by the engine with the training-set class counts (for ``class_weights: balanced``)."""
@@ -93,13 +131,16 @@ class ClassificationTask(Task):
             w = counts.sum() / (len(counts) * counts)
             self._class_weight = torch.as_tensor(w, dtype=torch.float32)
 
-    def batch_augment(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if self.config.augment == "d4":
-            batch["image"] = d4_augment(batch["image"])
-        elif self.config.augment == "flip":
-            img = batch["image"]
-            mask = torch.rand(img.shape[0], device=img.device) < 0.5
-            batch["image"] = torch.where(mask[:, None, None, None], torch.flip(img, dims=(-1,)), img)
+    def batch_augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
+        """One random element of the ``augment`` group per image; labels permuted by the label symmetry."""
+        if self.config.augment == "none":
+            return batch
+        from ..symmetry import draw_elements, transform_batch
+
+        elems = draw_elements(self.config.augment, batch["image"].shape[0], generator)
+        batch["image"] = transform_batch(batch["image"], elems)
+        if "label" in batch and not self.symmetry.trivial:
+            batch["label"] = self.symmetry.permute_labels(batch["label"], elems)
         return batch
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]):
@@ -109,22 +150,39 @@ class ClassificationTask(Task):
                                            label_smoothing=self.config.label_smoothing)
         return loss, logits
 
-    def make_metrics(self) -> nn.ModuleDict:
+    def make_metrics(self):
         import torchmetrics  # imported here: it takes seconds, and `astrotl list` does not need it
 
         n = len(self.classes)
-        return nn.ModuleDict({
+        return torchmetrics.MetricCollection({
             "acc": torchmetrics.classification.MulticlassAccuracy(num_classes=n, average="micro"),
             "balanced_acc": torchmetrics.classification.MulticlassAccuracy(num_classes=n, average="macro"),
         })
 
-    def update_metrics(self, metrics: nn.ModuleDict, outputs, batch) -> None:
-        for m in metrics.values():
-            m.update(outputs, batch["label"])
+    def update_metrics(self, metrics, outputs, batch) -> None:
+        keep = batch["label"] >= 0
+        if keep.any():
+            metrics.update(outputs[keep], batch["label"][keep])
 
     # -- prediction and evaluation ----------------------------------------------------------------
+    def _temperature(self, model: nn.Module) -> float:
+        t = getattr(model, "temperature", None)
+        return float(t) if t is not None else 1.0
+
     def predict_batch(self, model: nn.Module, batch: dict[str, Any]) -> list[dict[str, Any]]:
-        probs = torch.softmax(model(batch["image"]).float(), dim=1).cpu().numpy()
+        """One row per sample: true class, predicted class and ``p_<class>``.
+
+        The probabilities are averaged over the ``tta`` group (un-permuted by the label symmetry) and
+        divided by the model's temperature; when calibrated, ``pred_class_raw`` / ``pred_prob_raw`` are
+        the uncalibrated prediction.
+        """
+        from ..symmetry import average_probabilities, tta_logits
+
+        logits = tta_logits(model, batch["image"], self.config.tta)
+        temperature = self._temperature(model)
+        probs = average_probabilities(logits, self.config.tta, self.symmetry, temperature).cpu().numpy()
+        raw = average_probabilities(logits, self.config.tta, self.symmetry).cpu().numpy() \
+            if temperature != 1.0 else None
         pred = probs.argmax(axis=1)
         labels = batch.get("label")
         labels = labels.cpu().numpy() if labels is not None else None
@@ -139,8 +197,92 @@ class ClassificationTask(Task):
             row["pred_prob"] = float(probs[i, pred[i]])
             for j, c in enumerate(self.classes):
                 row[f"p_{c}"] = float(probs[i, j])
+            if raw is not None:
+                row["pred_class_raw"] = self.classes[int(raw[i].argmax())]
+                row["pred_prob_raw"] = float(raw[i].max())
             rows.append(row)
         return rows
+
+    # -- calibration ------------------------------------------------------------------------------
+    #: Fewest labelled validation samples a temperature is fitted on (fewer: the temperature stays 1).
+    min_calibration_samples: int = 20
+
+    def calibrate(self, model: nn.Module, loader, device: torch.device | str | None = None) -> dict[str, Any] | None:
+        """Fit the model's temperature on ``loader`` (the validation split) when ``calibration: temperature``.
+
+        Called by the engine after the best checkpoint is loaded. The probabilities are those of
+        :meth:`predict_batch` (with test-time augmentation when ``tta`` is on). Sets ``model.temperature``
+        and :attr:`calibration` (temperature, validation NLL and ECE before and after); returns the latter.
+        """
+        if self.config.calibration == "none" or not hasattr(model, "temperature"):
+            return None
+        import logging
+
+        from ..calibration import expected_calibration_error, fit_temperature, nll, reliability_table
+        from ..symmetry import average_probabilities, tta_logits
+
+        log = logging.getLogger(__name__)
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        logits, labels = [], []
+        with torch.inference_mode():
+            for batch in loader:
+                y = batch["label"]
+                keep = y >= 0
+                if keep.any():
+                    logits.append(tta_logits(model, batch["image"][keep].to(device), self.config.tta).cpu())
+                    labels.append(y[keep].cpu())
+        model.train(was_training)
+        n = int(sum(len(y) for y in labels))
+        if n < self.min_calibration_samples:
+            log.warning("calibration: only %d labelled validation samples (need %d); temperature left at 1", n,
+                        self.min_calibration_samples)
+            self.calibration = {"temperature": 1.0, "n_val": n, "skipped": True}
+            return self.calibration
+        z = torch.cat(logits, dim=1)
+        y = torch.cat(labels)
+
+        def probs_at(t: float) -> torch.Tensor:
+            return average_probabilities(z, self.config.tta, self.symmetry, t)
+
+        t = fit_temperature(probs_at, y)
+        before, after = probs_at(1.0), probs_at(t)
+        with torch.no_grad():
+            model.temperature.fill_(t)
+        self.calibration = {
+            "temperature": t, "n_val": n, "skipped": False,
+            "val_nll_before": nll(before, y), "val_nll_after": nll(after, y),
+            "val_ece_before": expected_calibration_error(before.numpy(), y.numpy()),
+            "val_ece_after": expected_calibration_error(after.numpy(), y.numpy()),
+            "val_reliability_before": reliability_table(before.numpy(), y.numpy()),
+            "val_reliability_after": reliability_table(after.numpy(), y.numpy()),
+        }
+        log.info("calibration: temperature %.3f on %d validation samples; NLL %.4f -> %.4f, ECE %.4f -> %.4f", t, n,
+                 self.calibration["val_nll_before"], self.calibration["val_nll_after"],
+                 self.calibration["val_ece_before"], self.calibration["val_ece_after"])
+        return self.calibration
+
+    def _test_calibration(self, predictions: Table) -> dict[str, Any]:
+        """Test-set ECE of the calibrated (``pred_*``) and, when present, the uncalibrated (``pred_*_raw``) columns."""
+        from ..calibration import expected_calibration_error, reliability_table
+
+        if "true_class" not in predictions.colnames:
+            return {}
+        index = {c: i for i, c in enumerate(self.classes)}
+        keep = np.array([str(t) in index for t in predictions["true_class"]], dtype=bool)
+        if not keep.any():
+            return {}
+        true = np.array([str(t) for t in predictions["true_class"][keep]])
+        out: dict[str, Any] = {}
+        for suffix, key in (("", "after"), ("_raw", "before")):
+            if f"pred_class{suffix}" not in predictions.colnames or f"pred_prob{suffix}" not in predictions.colnames:
+                continue
+            conf = np.asarray(predictions[f"pred_prob{suffix}"], dtype=float)[keep]
+            ok = np.array([str(p) for p in predictions[f"pred_class{suffix}"][keep]]) == true
+            out[f"ece_{key}"] = expected_calibration_error(None, None, confidence=conf, correct=ok)
+            out[f"reliability_{key}"] = reliability_table(confidence=conf, correct=ok)
+        return out
 
     def _labelled(self, predictions: Table) -> tuple[np.ndarray, np.ndarray]:
         if "true_class" not in predictions.colnames:
@@ -151,7 +293,36 @@ class ClassificationTask(Task):
         pred = np.array([index[str(p)] for p in predictions["pred_class"][keep]], dtype=int)
         return true, pred
 
-    def evaluate(self, predictions: Table):
+    def _probabilities(self, predictions: Table) -> tuple[np.ndarray, np.ndarray]:
+        """True class index and the ``[N, K]`` probabilities of the labelled rows."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        if "true_class" not in predictions.colnames or any(f"p_{c}" not in predictions.colnames for c in self.classes):
+            return np.array([], int), np.zeros((0, len(self.classes)))
+        keep = np.array([str(t) in index for t in predictions["true_class"]], dtype=bool)
+        true = np.array([index[str(t)] for t in predictions["true_class"][keep]], dtype=int)
+        probs = np.stack([np.asarray(predictions[f"p_{c}"], dtype=float)[keep] for c in self.classes], axis=1) \
+            if keep.any() else np.zeros((0, len(self.classes)))
+        return true, probs
+
+    def roc(self, predictions: Table) -> tuple[dict[str, float], Table | None]:
+        """ROC AUC (binary: of the second class; else macro one-vs-rest) and, for two classes, the ROC curve."""
+        from torchmetrics.functional.classification import binary_auroc, binary_roc, multiclass_auroc
+
+        true, probs = self._probabilities(predictions)
+        if len(true) == 0 or len(np.unique(true)) < 2:
+            return {}, None
+        t = torch.as_tensor(true)
+        p = torch.as_tensor(probs, dtype=torch.float32)
+        if len(self.classes) == 2:
+            fpr, tpr, thr = binary_roc(p[:, 1], t)
+            auc = float(binary_auroc(p[:, 1], t))
+            curve = Table({"threshold": thr.numpy(), "fpr": fpr.numpy(), "tpr": tpr.numpy()},
+                          meta={"description": f"ROC curve for class '{self.classes[1]}' (positive) vs '{self.classes[0]}'",
+                                "auc": auc})
+            return {"roc_auc": auc}, curve
+        return {"roc_auc": float(multiclass_auroc(p, t, num_classes=len(self.classes), average="macro"))}, None
+
+    def evaluate(self, predictions: Table, truth: Table | None = None):
         true, pred = self._labelled(predictions)
         n = len(self.classes)
         metrics: dict[str, Any] = {"n_evaluated": int(len(true)), "n_classes": n, "chance_accuracy": 1.0 / n}
@@ -161,6 +332,12 @@ class ClassificationTask(Task):
         cm = confusion_matrix(true, pred, n)
         s = classification_scores(cm)
         metrics.update(accuracy=s["accuracy"], balanced_accuracy=s["balanced_accuracy"], macro_f1=s["macro_f1"])
+        if len(self.classes) == 2:
+            metrics["f1"] = float(s["f1"][1])
+        auc, curve = self.roc(predictions)
+        metrics.update(auc)
+        if curve is not None:
+            tables["roc"] = curve
         for i, c in enumerate(self.classes):
             metrics[f"accuracy_class_{c}"] = float(s["recall"][i])
         tables["per_class"] = Table({
@@ -185,6 +362,22 @@ class ClassificationTask(Task):
         for column in self.config.accuracy_vs:
             if column in predictions.colnames:
                 tables[f"accuracy_vs_{column}"] = self._binned(predictions, column)
+        from ..calibration import nll
+        from ..symmetry import group_elements
+
+        metrics["tta_transforms"] = len(group_elements(self.config.tta))
+        true_p, probs = self._probabilities(predictions)
+        if len(true_p):
+            metrics["nll"] = nll(probs, true_p)
+        cal = self._test_calibration(predictions)
+        if "ece_after" in cal:
+            metrics["ece"] = cal["ece_after"]
+            tables["reliability"] = cal["reliability_after"]
+        if "ece_before" in cal:
+            metrics["ece_uncalibrated"] = cal["ece_before"]
+            tables["reliability_uncalibrated"] = cal["reliability_before"]
+        if self.calibration is not None:
+            metrics["temperature"] = float(self.calibration["temperature"])
         return metrics, tables
 
     def _binned(self, predictions: Table, column: str) -> Table:
@@ -205,19 +398,36 @@ class ClassificationTask(Task):
         return Table(rows=rows, names=("bin_low", "bin_high", "bin_centre", "n", "accuracy", "accuracy_err"),
                      meta={"column": column})
 
-    def plots(self, predictions: Table, metrics: dict[str, Any], history: Table, plot_dir: Path) -> list[Path]:
+    def plots(self, predictions: Table, truth: Table, metrics: dict[str, Any], history: Table,
+              plot_dir: Path) -> list[Path]:
         out = []
         true, pred = self._labelled(predictions)
         if len(true):
             cm = confusion_matrix(true, pred, len(self.classes))
             out.append(confusion_matrix_plot(cm, self.classes, plot_dir / "confusion_matrix.png",
                                              title=f"Confusion matrix (test, N={len(true)})"))
-        if len(history):
-            out.append(training_curves_plot(history, plot_dir / "training_curves.png"))
+        _, curve = self.roc(predictions)
+        if curve is not None:
+            out.append(roc_curve_plot(curve, plot_dir / "roc_curve.png"))
         for column in self.config.accuracy_vs:
             if column in predictions.colnames and len(true):
                 out.append(binned_accuracy_plot(self._binned(predictions, column), column,
                                                 plot_dir / f"accuracy_vs_{column}.png"))
+        if self.config.calibration != "none":
+            from ..calibration import reliability_plot
+
+            cal = self._test_calibration(predictions)
+            curves = {}
+            if "reliability_before" in cal:
+                curves[f"test, uncalibrated (ECE {cal['ece_before']:.3f})"] = cal["reliability_before"]
+            if "reliability_after" in cal:
+                t = (self.calibration or {}).get("temperature", 1.0)
+                curves[f"test, T = {t:.2f} (ECE {cal['ece_after']:.3f})"] = cal["reliability_after"]
+            if not curves and self.calibration and not self.calibration.get("skipped"):
+                curves = {"validation, uncalibrated": self.calibration["val_reliability_before"],
+                          "validation, calibrated": self.calibration["val_reliability_after"]}
+            if curves:
+                out.append(reliability_plot(curves, plot_dir / "reliability.png"))
         return out
 
     def report(self, predictions: Table, metrics: dict[str, Any], tables: dict[str, Table]) -> str:
@@ -231,6 +441,13 @@ class ClassificationTask(Task):
             f"- balanced accuracy: {metrics['balanced_accuracy']:.3f}",
             f"- macro F1: {metrics['macro_f1']:.3f}",
         ]
+        if "roc_auc" in metrics:
+            lines.append(f"- ROC AUC: {metrics['roc_auc']:.3f}"
+                         + (f" (class '{self.classes[1]}' positive); F1 of '{self.classes[1]}': {metrics['f1']:.3f}"
+                            if len(self.classes) == 2 else " (macro one-vs-rest)"))
+        lines.append(self._tta_line())
+        if self.calibration is not None:
+            lines.append(self._calibration_line(metrics))
         for key in self.config.combine:
             lines.append(f"- combined class {key}: recall {metrics[f'combined_{key}_recall']:.3f}, "
                          f"precision {metrics[f'combined_{key}_precision']:.3f}, "
@@ -242,3 +459,41 @@ class ClassificationTask(Task):
                 lines.append(f"| {r['class']} | {r['description']} | {r['support']} | {r['recall']:.3f} | "
                              f"{r['precision']:.3f} | {r['f1']:.3f} |")
         return "\n".join(lines) + "\n"
+
+    def _tta_line(self) -> str:
+        from ..symmetry import group_elements
+
+        n = len(group_elements(self.config.tta))
+        sym = "" if self.symmetry.trivial else f"; label symmetry {self.symmetry.describe()}"
+        aug = f"training augmentation: {self.config.augment}{sym}"
+        if n == 1:
+            return f"- test-time augmentation: off; {aug}"
+        return f"- test-time augmentation: on, probabilities averaged over the {n} transforms of `{self.config.tta}`; {aug}"
+
+    def _calibration_line(self, metrics: dict[str, Any]) -> str:
+        c = self.calibration or {}
+        if c.get("note"):
+            return f"- calibration: temperature {c['temperature']:.3f}, {c['note']}"
+        if c.get("skipped"):
+            return f"- calibration: skipped (only {c.get('n_val')} labelled validation samples); temperature 1"
+        line = (f"- calibration: temperature {c['temperature']:.3f} fitted on {c['n_val']} validation samples (NLL "
+                f"{c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}, ECE {c['val_ece_before']:.4f} -> "
+                f"{c['val_ece_after']:.4f})")
+        if "ece_uncalibrated" in metrics and "ece" in metrics:
+            line += f"; test ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f}"
+        return line
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        if "accuracy" not in metrics:
+            return ""
+        return f"test accuracy {metrics['accuracy']:.3f} (chance {metrics.get('chance_accuracy', float('nan')):.2f})"
+
+    def output_files(self) -> dict[str, str]:
+        return {"predictions.ecsv": "one row per test sample: catalogue columns, true and predicted class, "
+                                    "per-class probabilities p_<class>",
+                "tables/confusion.ecsv": "confusion matrix (rows: true class); `tables/per_class.ecsv`: recall, "
+                                         "precision, F1 per class",
+                **({"plots/reliability.png": "reliability diagram (accuracy vs confidence) before and after temperature "
+                                             "scaling; `tables/reliability*.ecsv`: its bins; predictions.ecsv holds "
+                                             "calibrated p_<class> and the uncalibrated pred_class_raw, pred_prob_raw"}
+                   if self.config.calibration != "none" else {})}

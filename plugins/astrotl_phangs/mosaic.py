@@ -65,7 +65,6 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -80,6 +79,7 @@ from astropy.table import Column, Table
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
+from astrotl.cache import jsonable
 from astrotl.errors import ConfigError, DataError
 from astrotl.io import atomic_path, write_json
 
@@ -202,8 +202,9 @@ def _check_args(n_sources, shape, config, seed, ra, dec, spurious_fraction, edge
 
 
 def _key(**parts) -> str:
-    payload = json.dumps(sim._jsonable(parts), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    from astrotl.cache import cache_key
+
+    return cache_key(parts, length=None)
 
 
 def _prepare_dir(out_dir: Path) -> None:
@@ -837,7 +838,7 @@ def _paint(out: Path, n: int, shape, cfg: SimConfig, seed: int, ra: float, dec: 
         "image_units": "electron / s (BUNIT ELECTRONS/S), NaN off the footprint", "pixel_origin": 0,
         "shape": [ny, nx], "crval": [ra, dec], "pixel_scale_arcsec": PIXEL_SCALE_ARCSEC,
         "zeropoints_vega": dict(ZEROPOINTS_VEGA), "exptime_s": dict(EXPTIME_S),
-        "config": sim._jsonable(asdict(cfg)), "seed": seed, "mosaic_version": MOSAIC_VERSION,
+        "config": jsonable(asdict(cfg)), "seed": seed, "mosaic_version": MOSAIC_VERSION,
         "sim_version": SIM_VERSION, "key": key, "edge_radius_px": edge_radius, "n_field_objects": n_field,
         "n_cosmic_rays": n_cr,
         "galaxy": {"centre_px": [gal.cx, gal.cy], "axis_ratio": gal.q, "pa_rad": gal.pa, "scale_length_px": gal.h,

@@ -84,19 +84,16 @@ for deterministic transforms (no GalSim random deviates).
 from __future__ import annotations
 
 import functools
-import hashlib
-import io
-import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from astropy.table import Column, Table
+
+from astrotl.cache import jsonable
 
 __all__ = [
     "BANDS",
@@ -997,16 +994,6 @@ _COLUMNS: tuple[tuple[str, str | None, str], ...] = (
 )
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def _make_table(rows: list[dict], cfg: SimConfig, seed: int) -> Table:
     t = Table()
     for name, unit, desc in _COLUMNS:
@@ -1020,7 +1007,7 @@ def _make_table(rows: list[dict], cfg: SimConfig, seed: int) -> Table:
         else:
             data = np.array(vals, dtype=np.float64)
         t[name] = Column(data, unit=unit, description=desc)
-    t.meta["config"] = _jsonable(asdict(cfg))
+    t.meta["config"] = jsonable(asdict(cfg))
     t.meta["seed"] = int(seed)
     t.meta["bands"] = list(BANDS)
     t.meta["sim_version"] = SIM_VERSION
@@ -1098,37 +1085,11 @@ def simulate(n: int, config: SimConfig = SimConfig(), seed: int = 0) -> SimResul
 # cache
 
 
-def _cache_key(n: int, config: SimConfig, seed: int) -> str:
-    payload = json.dumps(
-        {"n": int(n), "config": _jsonable(asdict(config)), "seed": int(seed), "version": SIM_VERSION},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def simulate_cached(n: int, config: SimConfig, seed: int, cache_dir: str | os.PathLike) -> SimResult:
     """Like :func:`simulate`, but stored in and re-loaded from ``cache_dir``.
 
-    The files are ``<key>.npz`` (images) and ``<key>.ecsv`` (catalogue), where ``key`` is
-    the sha256 of ``(n, asdict(config), seed, SIM_VERSION)``. Both are written
-    atomically (temporary file in the same directory, then :func:`os.replace`). A missing,
-    corrupt or inconsistent cache entry is regenerated with a logged warning.
+    The entry is keyed by ``(n, config, seed, SIM_VERSION)`` through astrotl's one cache rule
+    (:func:`astrotl.cache.cached_arrays`): written atomically, rebuilt if corrupt.
 
     Parameters
     ----------
@@ -1142,29 +1103,21 @@ def simulate_cached(n: int, config: SimConfig, seed: int, cache_dir: str | os.Pa
     SimResult
         Identical to ``simulate(n, config, seed)``.
     """
+    from astrotl.cache import cache_key, cached_arrays
+
     if not isinstance(config, SimConfig):
         raise ValueError(f"config={config!r} is invalid: must be a SimConfig")
     _validate(config)
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(n, config, seed)
-    npz_path, cat_path = cache / f"{key}.npz", cache / f"{key}.ecsv"
-    if npz_path.exists() and cat_path.exists():
-        try:
-            with np.load(npz_path, allow_pickle=False) as z:
-                images = z["images"]
-                stored_key = str(z["key"])
-            cat = Table.read(cat_path, format="ascii.ecsv")
-            expected = (int(n), 5, config.size, config.size)
-            if stored_key != key or images.shape != expected or images.dtype != np.float32 or len(cat) != n:
-                raise ValueError("cache entry does not match its key")
-            log.debug("loaded %d simulated stamps from %s", n, npz_path)
-            return SimResult(images=images, catalog=cat)
-        except Exception as exc:  # noqa: BLE001 - any unreadable entry is regenerated
-            log.warning("regenerating corrupt simulation cache %s: %s", npz_path.name, exc)
-    res = simulate(n, config, seed)
-    _atomic_write(npz_path, lambda fh: np.savez(fh, images=res.images, key=np.array(key)))
-    buf = io.StringIO()
-    res.catalog.write(buf, format="ascii.ecsv")
-    _atomic_write(cat_path, lambda fh: fh.write(buf.getvalue().encode("utf-8")))
-    return res
+
+    def build():
+        res = simulate(n, config, seed)
+        return {"images": res.images}, {"catalog": res.catalog}
+
+    def check(arrays, tables):
+        expected = (int(n), 5, config.size, config.size)
+        if arrays["images"].shape != expected or arrays["images"].dtype != np.float32 or len(tables["catalog"]) != n:
+            raise ValueError("cache entry does not match its key")
+
+    key = cache_key("phangs_sim", int(n), config, int(seed), SIM_VERSION, length=None)
+    arrays, tables = cached_arrays(cache_dir, key, build, check=check, what=f"{n} simulated PHANGS stamps")
+    return SimResult(images=arrays["images"], catalog=tables["catalog"])

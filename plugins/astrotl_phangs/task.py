@@ -27,8 +27,8 @@ class PhangsClusterTask(ClassificationTask):
     Config = PhangsClusterTaskConfig
     default_dataset = "phangs_sim"
 
-    def evaluate(self, predictions: Table):
-        metrics, tables = super().evaluate(predictions)
+    def evaluate(self, predictions: Table, truth: Table | None = None):
+        metrics, tables = super().evaluate(predictions, truth)
         if "subclass" in predictions.colnames and "true_class" in predictions.colnames and len(predictions):
             rows = []
             sub = np.asarray(predictions["subclass"]).astype(str)
@@ -46,8 +46,9 @@ class PhangsClusterTask(ClassificationTask):
                 metrics[f"accuracy_subclass_{r['subclass']}"] = r["accuracy"]
         return metrics, tables
 
-    def plots(self, predictions: Table, metrics: dict[str, Any], history: Table, plot_dir: Path) -> list[Path]:
-        out = super().plots(predictions, metrics, history, plot_dir)
+    def plots(self, predictions: Table, truth: Table, metrics: dict[str, Any], history: Table,
+              plot_dir: Path) -> list[Path]:
+        out = super().plots(predictions, truth, metrics, history, plot_dir)
         if "true_class" in predictions.colnames and len(predictions):
             cm12 = self._combined_matrix(predictions)
             from astrotl.plots import confusion_matrix_plot

@@ -266,3 +266,53 @@ def test_wrong_architecture_file_is_refused(regs, env, tmp_path):
     save_file(atto.net.state_dict(), str(tmp_path / "atto.safetensors"))
     with pytest.raises(WeightsError, match="no first-convolution tensor 'conv1.0.weight'"):
         make(regs, "timm:resnet10t", weights=str(tmp_path / "atto.safetensors"))
+
+
+# -- the backbone contract: multi-scale maps, their channels and strides, the CAM layer -----------------
+
+
+def _run_dir_of(regs, tmp_path, name: str) -> Path:
+    pre = make(regs, name, weights="none")
+    return _export(pre, tmp_path / "runs" / "pre", BANDS5)
+
+
+@pytest.mark.parametrize("name, cam_type", [
+    ("resnet18", "Sequential"), ("vgg11_bn", "ReLU"), ("convnext_tiny", "Sequential"),
+    ("timm:resnet18", "Sequential"), ("timm:convnext_atto", "ConvNeXtStage"), ("timm:mobilenetv3_small_100", "Sequential"),
+    ("zoobot:convnext_nano", "ConvNeXtStage"), ("run:", "Sequential")])
+def test_feature_maps_match_feature_info(regs, env, tmp_path, name, cam_type):
+    if name == "run:":
+        name = f"run:{_run_dir_of(regs, tmp_path, 'timm:resnet10t')}"
+    bb = make(regs, name, weights="none") if not name.startswith("run:") else make(regs, name)
+    info = bb.feature_info  # known before any forward pass
+    assert len(info) >= 4 and all(set(d) == {"channels", "stride"} for d in info)
+    strides = [d["stride"] for d in info]
+    assert strides == sorted(strides) and strides[-1] == 32 and len(set(strides)) == len(strides)
+    x = torch.randn(2, 5, 64, 64)
+    maps = bb.feature_maps(x)
+    assert len(maps) == len(info)
+    for m, d in zip(maps, info):
+        assert m.shape == (2, d["channels"], 64 // d["stride"], 64 // d["stride"])
+    assert maps[-1].shape == bb.forward_features(x).shape and bb.forward_features(x).shape[1] == bb.feature_channels
+    assert bb(x).shape == (2, bb.num_features)
+    cam = bb.cam_layer()
+    assert type(cam).__name__ == cam_type and any(cam is m for m in bb.net.modules())
+    seen = []
+    handle = cam.register_forward_hook(lambda _m, _i, o: seen.append(o.shape))
+    bb(x)
+    handle.remove()
+    assert seen and len(seen[-1]) == 4  # the hooked layer gives a spatial map
+
+
+def test_timm_pooled_and_map_sizes_differ_where_timm_says(regs, env):
+    bb = make(regs, "timm:mobilenetv3_small_100", weights="none").eval()  # its head conv comes after the pool
+    x = torch.randn(1, 5, 32, 32)
+    assert bb(x).shape[1] == bb.num_features == 1024 and bb.forward_features(x).shape[1] == bb.feature_channels == 576
+
+
+def test_vision_transformer_refuses_spatial_maps(regs, env):
+    bb = make(regs, "timm:vit_tiny_patch16_224", weights="none")
+    for call in (lambda: bb.feature_info, lambda: bb.feature_maps(torch.randn(1, 5, 224, 224)), bb.cam_layer,
+                 lambda: bb.forward_features(torch.randn(1, 5, 224, 224))):
+        with pytest.raises(ConfigError, match="vision transformer: its features are tokens .* use a convolutional backbone"):
+            call()

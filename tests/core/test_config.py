@@ -156,3 +156,42 @@ def test_env_expansion(monkeypatch):
     assert expand_env({"a": "${ASTRO_X}/gz1", "b": ["${ASTRO_UNSET:-../shared}/y"]}) == {"a": "/data/gz1", "b": ["../shared/y"]}
     with pytest.raises(ConfigError, match="environment variable ASTRO_UNSET is not set"):
         expand_env("${ASTRO_UNSET}/z")
+
+
+def test_empty_variable_never_makes_a_root_path(monkeypatch):
+    """Issue 8 group 4: `output_dir: ${EMPTY}/runs` with EMPTY="" must not become /runs."""
+    monkeypatch.setenv("ASTRO_EMPTY", "")
+    with pytest.raises(ConfigError, match=r"output_dir: environment variable ASTRO_EMPTY is set but empty"):
+        expand_env({"output_dir": "${ASTRO_EMPTY}/runs"})
+    # as in the shell, ${VAR:-default} takes the default when VAR is empty, not only when unset
+    assert expand_env("${ASTRO_EMPTY:-scratch}/runs") == "scratch/runs"
+    with pytest.raises(ConfigError, match=r"expands to nothing.*starting at the root"):
+        expand_env("${ASTRO_EMPTY:-}/runs")
+    with pytest.raises(ConfigError, match=r"data.root: .*expands to nothing.*empty folder name"):
+        expand_env({"data": {"root": "data/${ASTRO_UNSET_X:-}/gz1"}})
+    assert expand_env("run${ASTRO_EMPTY:-}s") == "runs"  # an empty part inside a name is fine
+
+
+def test_empty_variable_in_a_task_file_is_refused_before_anything_is_written(cli, tiny_task, tmp_path, monkeypatch):
+    import yaml
+
+    p = tiny_task()
+    data = yaml.safe_load(p.read_text())
+    data["output_dir"] = "${ASTRO_EMPTY}/astrotl-test-runs"
+    p.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("ASTRO_EMPTY", "")
+    code, out, err = cli("run", p)
+    assert code == 2 and "ASTRO_EMPTY is set but empty" in err and err.count("\n") == 1
+    from pathlib import Path
+
+    assert not Path("/astrotl-test-runs").exists()
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    """Issue 8 group 6: YAML keeps the last of two equal keys without a word (e.g. a band given twice)."""
+    p = tmp_path / "t.yaml"
+    p.write_text("name: x\ndata:\n  images:\n    F555W: a.fits\n    F814W: b.fits\n    F555W: c.fits\n")
+    with pytest.raises(ConfigError, match=r"line 6: key 'F555W' is given twice in the same section \(first on line 4\)"):
+        load_yaml(p)
+    p.write_text("base: &b {a: 1}\nother:\n  <<: *b\n  a: 2\n")  # a merge key overriding is legitimate YAML
+    assert load_yaml(p)[0]["other"] == {"a": 2}

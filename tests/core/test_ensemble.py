@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from astrotl.ensemble import class_codes, combine_predictions, ensemble_runs, read_predictions
-from astrotl.errors import ConfigError, DataError
+from astrotl.errors import ConfigError, DataError, OutputError
 
 
 def _pred(ids, classes, *, extra=True, probs=True) -> Table:
@@ -146,6 +146,11 @@ def test_ensemble_runs_reads_run_dirs_and_writes(tmp_path):
     back = Table.read(out)
     assert back["class_mode"].tolist() == ["1", "2", "3"]
     assert [p.name for p in out.parent.iterdir()] == ["ensemble.ecsv"]  # atomic: no temp files left
+    with pytest.raises(OutputError, match="already exists"):
+        ensemble_runs([d1, d2], out)
+    ensemble_runs([d1, d2], out, overwrite=True)
+    with pytest.raises(OutputError, match="is a directory"):
+        ensemble_runs([d1, d2], out.parent)
     with pytest.raises(DataError, match="has no predictions.ecsv"):
         read_predictions(tmp_path / "a")
     with pytest.raises(DataError, match="does not exist"):
@@ -165,15 +170,19 @@ def test_cli_ensemble(tmp_path, cli):
     assert code == 0, err
     assert "3 candidates, 2 models" in stdout and "1 mode ties" in stdout
     assert Table.read(out)["class_r2"].tolist() == ["1", "2", "4"]
+    before = out.read_bytes()
     code, stdout, err = cli("ensemble", d1, d3, "--out", out)
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == before  # issue 8 group 3: never replaced without --overwrite
+    code, stdout, err = cli("ensemble", d1, d3, "--out", out, "--overwrite")
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("astrotl: error: ensemble members hold different candidates (r1: 3, r3: 3")
-    code, stdout, err = cli("ensemble", d1, d3, "--out", out, "--intersection", "--names", "a,b")
+    code, stdout, err = cli("ensemble", d1, d3, "--out", out, "--intersection", "--names", "a,b", "--overwrite")
     assert code == 0 and "2 candidates not in every run dropped" in stdout
     assert Table.read(out).colnames.count("class_a") == 1
-    code, _, err = cli("ensemble", d1, d2, "--out", out, "--names", "a")
+    code, _, err = cli("ensemble", d1, d2, "--out", out, "--names", "a", "--overwrite")
     assert code == 2 and "--names lists 1 names for 2 runs" in err and err.count("\n") == 1
-    code, _, err = cli("ensemble", d1, tmp_path / "missing", "--out", out)
+    code, _, err = cli("ensemble", d1, tmp_path / "missing", "--out", out, "--overwrite")
     assert code == 2 and "does not exist" in err
-    code, _, err = cli("ensemble", d1, d2, "--out", out, "--class-col", "nope")
+    code, _, err = cli("ensemble", d1, d2, "--out", out, "--class-col", "nope", "--overwrite")
     assert code == 2 and "no column 'nope'; columns present: id, x, true_class, index, pred_class" in err

@@ -60,8 +60,46 @@ def test_load_safetensors_and_pt_and_lightning_ckpt(tmp_path):
 
 def test_pickle_with_custom_class_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(1), "extra": Custom()}, tmp_path / "evil.pt", pickle_module=pickle)
-    with pytest.raises(WeightsError, match=r"refusing to load .*arbitrary code.*Custom.*state_dict"):
+    with pytest.raises(WeightsError, match=r"refused to load .*would execute code .*Custom.*state_dict"):
         W.load_state_dict_file(tmp_path / "evil.pt")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo astrotl-test-should-never-print",))
+
+
+@pytest.mark.parametrize("how", ["torch_zip", "plain_pickle_p2", "plain_pickle_p4", "protocol0_eval"])
+def test_malicious_pickle_is_refused_as_code_never_as_truncated(tmp_path, capfd, how):
+    """Issue 8 group 7: refused because loading would execute code; torch's hint to use
+    weights_only=False (and to allow-list globals) is never passed on."""
+    f = tmp_path / "evil.pt"
+    if how == "torch_zip":
+        torch.save({"w": torch.zeros(1), "x": _RunsCode()}, f)
+    elif how == "protocol0_eval":
+        f.write_bytes(b"cbuiltins\neval\n(S'print(1)'\ntR.")
+    else:
+        f.write_bytes(pickle.dumps({"x": _RunsCode()}, protocol=2 if how.endswith("p2") else 4))
+    with pytest.raises(WeightsError) as info:
+        W.load_state_dict_file(f)
+    msg = str(info.value)
+    assert "would execute code" in msg and ("system" in msg or "eval" in msg), msg
+    for banned in ("weights_only", "truncated", "will likely succeed", "add_safe_globals", "safe_globals", "\n"):
+        assert banned not in msg, (banned, msg)
+    assert "astrotl-test-should-never-print" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["half", "garbage", "empty"])
+def test_damaged_torch_file_is_named_damaged(tmp_path, damage):
+    torch.save({"w": torch.zeros(100)}, tmp_path / "ok.pt")
+    data = (tmp_path / "ok.pt").read_bytes()
+    f = tmp_path / "bad.pt"
+    f.write_bytes({"half": data[: len(data) // 2], "garbage": b"hello world" * 40, "empty": b""}[damage])
+    with pytest.raises(WeightsError, match=r"cannot be read \(.+\); it is truncated or not a PyTorch file") as info:
+        W.load_state_dict_file(f)
+    assert "would execute code" not in str(info.value) and "weights_only" not in str(info.value)
 
 
 def test_bad_files_are_named(tmp_path):
@@ -268,7 +306,7 @@ def test_cli_weights_import(env, tmp_path, cli):
     assert code == 2 and "already exists; pass --force" in err
     torch.save({"x": Custom()}, tmp_path / "evil.pt")
     code, out, err = cli("weights", "import", tmp_path / "evil.pt")
-    assert code == 2 and "refusing to load" in err and not (env["weights"] / "evil.pt").exists()
+    assert code == 2 and "refused to load" in err and not (env["weights"] / "evil.pt").exists()
 
 
 def test_cli_weights_export(env, tmp_path, cli):
@@ -283,3 +321,28 @@ def test_cli_weights_export(env, tmp_path, cli):
     assert info["trained_backbone"] == "resnet18" and info["trained_bands"] == ["g", "r", "i"]
     code, out, err = cli("weights", "export", tmp_path / "runs" / "nope")
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("sub", ["import", "export"])
+@pytest.mark.parametrize("name", ["../escaped", "../../escaped.safetensors", "/tmp/astrotl-escaped", "sub/dir",
+                                  "..", ".hidden", "", "a\\b"])
+def test_cli_weights_name_cannot_escape_the_weights_dir(env, tmp_path, cli, sub, name):
+    """Issue 8 group 4: --name is a plain file name in the weights dir, nothing else."""
+    src = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(3)}, str(src))
+    arg = src if sub == "import" else _run_dir(tmp_path)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    code, out, err = cli("weights", sub, arg, "--name", name)
+    assert code == 2 and err.startswith("astrotl: error: --name") and "plain file name" in err
+    assert err.count("\n") == 1 and sorted(p for p in tmp_path.rglob("*")) == before
+    assert not Path("/tmp/astrotl-escaped").exists() and not Path("/tmp/astrotl-escaped.safetensors").exists()
+
+
+def test_cli_weights_import_into_a_weights_dir_that_is_a_file(env, tmp_path, cli, monkeypatch):
+    src = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(3)}, str(src))
+    (tmp_path / "wfile").write_text("not a folder")
+    monkeypatch.setenv("ASTROTL_WEIGHTS_DIR", str(tmp_path / "wfile"))
+    code, out, err = cli("weights", "import", src)
+    assert code == 2 and "cannot write" in err and "not a folder" in err and err.count("\n") == 1
+    assert (tmp_path / "wfile").read_text() == "not a folder"

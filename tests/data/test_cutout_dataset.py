@@ -234,3 +234,60 @@ def test_error_leaves_no_files(mosaic, cache_dir):
         make(mosaic, cache_dir, images=images, cache="npy")
     assert not cache_dir.exists() or not any(cache_dir.rglob("*"))
     shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+# -- issue 8 group 6: silently accepted nonsense -----------------------------------------------------
+
+
+@pytest.mark.parametrize("images", ["same_name_other_case", "same_file_twice"])
+def test_a_band_given_twice_is_an_error(mosaic, cache_dir, images):
+    from pydantic import ValidationError
+
+    imgs = dict(mosaic["images"])
+    if images == "same_name_other_case":
+        imgs["f555w"] = imgs["F814W"]
+        match = r"images lists band f555w twice \(F555W and f555w are the same FITS band name\)"
+    else:
+        imgs["F435W"] = imgs["F438W"]
+        match = r"bands F438W and F435W both read HDU SCI of .*a band given twice"
+    with pytest.raises(ValidationError, match=match):
+        make(mosaic, cache_dir, images=imgs)
+    with pytest.raises(ValidationError, match="legus_bands lists band B twice"):
+        make(mosaic, cache_dir, legus_bands=["U", "B", "B", "V", "I"])
+
+
+def test_same_file_for_two_bands_with_their_own_hdus_is_fine(mosaic, cache_dir):
+    imgs = {"F555W": mosaic["images"]["F555W"], "F555W_again": mosaic["images"]["F555W"]}
+    with pytest.raises(Exception, match="a band given twice"):
+        make(mosaic, cache_dir, images=imgs)
+    CatalogCutoutDataset.Config(images=imgs, catalog=mosaic["catalog"], hdu={"F555W": "SCI", "F555W_again": 1})
+
+
+def test_labels_not_in_classes_are_reported_not_silently_dropped(mosaic, cache_dir, caplog):
+    """Issue 8 group 6: rows whose label is not in data.classes are counted, logged and recorded."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="astrotl"):
+        ds = make(mosaic, cache_dir, split="train", label_col="cls", classes=["1", "2", "3"],
+                  split_fractions=(1.0, 0.0, 0.0))
+    n4 = int((Table.read(mosaic["catalog"])["cls"] == 4).sum())
+    assert n4 > 0 and len(ds) == 32 - n4
+    warned = [r.getMessage() for r in caplog.records if "not in data.classes" in r.getMessage()]
+    assert len(warned) == 1 and f"{n4} of 32 rows" in warned[0] and "'4': " in warned[0], warned
+    rep = ds.catalog().meta["label_report"]
+    assert rep["n_label_not_a_class"] == n4 and rep["labels_not_a_class"] == {"4": n4} and rep["rule"] == "classes"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="astrotl"):  # once per process, not once per split
+        make(mosaic, cache_dir, split="val", label_col="cls", classes=["1", "2", "3"], split_fractions=(1.0, 0.0, 0.0))
+    assert not [r for r in caplog.records if "not in data.classes" in r.getMessage()]
+
+
+def test_labels_a_class_map_leaves_out_are_counted(mosaic, cache_dir, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="astrotl"):
+        ds = make(mosaic, cache_dir, split="train", label_col="cls", class_map={"1": "a", "2": "b"},
+                  split_fractions=(1.0, 0.0, 0.0))
+    rep = ds.catalog().meta["label_report"]
+    assert rep["rule"] == "class_map" and rep["n_label_not_a_class"] == 16 and set(rep["labels_not_a_class"]) == {"3", "4"}
+    assert any("data.class_map does not list" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)

@@ -50,6 +50,14 @@ def test_cutouts_command_from_task_file(mosaic, tmp_path, capsys, monkeypatch):
     assert "wrote 3 cutouts" in out and "6x6 px" in out
 
 
+def _copy(path, tmp_path):
+    import shutil
+
+    dest = tmp_path / ("copy_" + Path(path).name)
+    shutil.copyfile(path, dest)
+    return dest
+
+
 def _bad_inputs(mosaic, tmp_path):
     """name -> (extra CLI args, expected error text)."""
     t = Table.read(mosaic["catalog"])
@@ -67,15 +75,21 @@ def _bad_inputs(mosaic, tmp_path):
         "no wcs": (["--image", f"V={nowcs}", "--coords", "sky"], "no celestial WCS"),
         "outside": (["--catalog", str(tmp_path / "far.ecsv")], "falls on the images"),
         "duplicate ids": (["--catalog", str(tmp_path / "dup.ecsv")], "duplicated id"),
-        "band list": (["--set", "mag_cols=mag_{band}", "--image", f"F435W={mosaic['images']['F438W']}"],
+        "band list": (["--set", "mag_cols=mag_{band}", "--image", f"F435W={_copy(mosaic['images']['F438W'], tmp_path)}"],
                       "have no magnitude column"),
+        "band twice": (["--image", f"F555W={mosaic['images']['F814W']}"], "band F555W is given twice"),
+        "same image for two bands": (["--image", f"F435W={mosaic['images']['F438W']}"], "a band given twice"),
+        "pattern escapes": (["--pattern", "../x_{id}.fits"], "must give a plain file name inside --out"),
+        "pattern without id": (["--pattern", "x.fits"], "neither {id} nor {index}"),
+        "pattern unknown field": (["--pattern", "{name}.fits"], "only {id} and {index} can be used"),
         "bad hdu": (["--hdu", "SCIENCE"], "no HDU named 'SCIENCE'"),
         "bad option": (["--set", "sise=3"], "unknown key 'data.sise'"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing band", "corrupt", "truncated", "no wcs", "outside", "duplicate ids",
-                                  "band list", "bad hdu", "bad option"])
+                                  "band list", "bad hdu", "bad option", "band twice", "same image for two bands",
+                                  "pattern escapes", "pattern without id", "pattern unknown field"])
 def test_cutouts_bad_input_exit_2_one_line(mosaic, tmp_path, capsys, monkeypatch, case):
     monkeypatch.setenv("ASTROTL_CACHE_DIR", str(tmp_path / "cache"))
     extra, message = _bad_inputs(mosaic, tmp_path)[case]

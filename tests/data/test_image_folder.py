@@ -184,3 +184,24 @@ def test_gz1_labels_and_split(tmp_path):
     for s, frac in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
         counts = np.bincount(labels[split == s], minlength=6)
         assert np.all(np.abs(counts - frac * np.array(GZ1_COUNTS)) <= 1), (s, counts)
+
+
+def test_a_band_given_twice_is_an_error(tmp_path, cache_dir):
+    """Issue 8 group 6: `bands: [g, g]` used to read one HDU twice without a word."""
+    from pydantic import ValidationError
+
+    root = make_folder(tmp_path / "f")
+    for bands in (["R", "G", "R"], ["F555W", "f555w", "B"]):
+        with pytest.raises(ValidationError, match="bands lists band .* twice"):
+            make(root, cache_dir, bands=bands)
+
+
+def test_labels_not_in_classes_are_reported(tmp_path, cache_dir, caplog):
+    import logging
+
+    root = make_folder(tmp_path / "f")
+    with caplog.at_level(logging.WARNING, logger="astrotl"):
+        ds = make(root, cache_dir, classes=["a", "b"])
+    assert any("8 of 24 rows have a 'label' label that is not in data.classes ['a', 'b'] ('c': 8)" in r.getMessage()
+               for r in caplog.records)
+    assert ds.catalog().meta["label_report"]["labels_not_a_class"] == {"c": 8}

@@ -88,3 +88,41 @@ def test_exported_folder_is_an_image_folder(mosaic, cache_dir, tmp_path):
 def test_safe_filename():
     assert safe_filename("NGC 628/c:12") == "NGC_628_c_12"
     assert safe_filename("../x") == "_x"
+
+
+@pytest.mark.parametrize("pattern, match", [
+    ("../x_{id}.fits", "plain file name inside --out"), ("/tmp/x_{id}.fits", "plain file name inside --out"),
+    ("sub/{id}.fits", "plain file name inside --out"), (".{id}.fits", "plain file name inside --out"),
+    ("x.fits", "neither {id} nor {index}"), ("{name}.fits", "only {id} and {index}"), ("{id}.png", "must end in .fits"),
+    ("{id:d}.fits", "only {id} and {index}"), ("{id", "only {id} and {index}")])
+def test_export_pattern_must_stay_inside_out(mosaic, cache_dir, tmp_path, pattern, match):
+    """Issue 8 group 4: the pattern cannot write outside --out (nor all rows to one file)."""
+    from astrotl.errors import OutputError
+
+    ds = dataset(mosaic, cache_dir)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(OutputError, match=match):
+        export_cutouts(ds, tmp_path / "cuts", pattern=pattern)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_export_refuses_colliding_names_and_a_file_as_out(mosaic, cache_dir, tmp_path):
+    from astrotl.errors import OutputError
+
+    ds = dataset(mosaic, cache_dir)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="is a file; give a folder"):
+        export_cutouts(ds, tmp_path / "afile")
+    with pytest.raises(OutputError, match="cannot create the output folder"):
+        export_cutouts(ds, tmp_path / "afile" / "sub")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_export_removes_temp_files_of_an_interrupted_export(mosaic, cache_dir, tmp_path):
+    ds = dataset(mosaic, cache_dir)
+    out = tmp_path / "cuts"
+    out.mkdir()
+    stale = out / ".10.fits.abcd1234.tmp.fits"
+    stale.write_bytes(b"half a FITS file")
+    export_cutouts(ds, out, limit=2)
+    assert not stale.exists() and sorted(p.name for p in out.iterdir()) == ["10.fits", "20.fits", "index.ecsv"]

@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 EXAMPLE = DOCS / "examples" / "astrotl-blobs"
-PAGES = sorted(DOCS.glob("*.md"))
+PAGES = sorted(p for p in DOCS.rglob("*.md") if "examples" not in p.parts)
 
 FENCE = re.compile(r"^(```|~~~)")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -170,10 +170,11 @@ def test_docs_quote_commands():
 
 @pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c}" for p, c in COMMANDS])
 def test_quoted_command_is_valid(page, command, capsys):
-    from astrotl.cli import _load_plugin_commands, _parser
+    from astrotl.cli import _parser, command_modules
+    from astrotl.plugins import load_registries
 
-    _load_plugin_commands([])  # plugin sub-commands (phangs-compare, phangs-mosaic) come through a hook
-    parser = _parser()
+    # every sub-command, astrotl's own and the plugins' (phangs-compare, ...), comes through a hook
+    parser = _parser(command_modules(load_registries()))
     subs = _subcommands(parser)
     line = re.sub(r"#.*$", "", command).strip()          # shell comment
     line = re.sub(r"<[^>]*>", "X", line)                 # <placeholder>
@@ -268,7 +269,7 @@ def test_example_plugin_runs_end_to_end(blobs_registries, tmp_path, monkeypatch)
     cfg = load_config(EXAMPLE / "blobs.yaml", blobs_registries,
                       ["trainer.max_epochs=1", "data.n_train=64", "data.n_val=32", "data.n_test=32",
                        f"output_dir={tmp_path / 'runs'}", "data.size=16"])
-    run_dir = run(cfg, blobs_registries, overwrite=True)
+    run_dir = run(cfg, blobs_registries, overwrite=True).path
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["chance_accuracy"] == 0.5
     assert (run_dir / "tables" / "per_class.ecsv").is_file()

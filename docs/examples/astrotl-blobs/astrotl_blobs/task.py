@@ -24,24 +24,24 @@ class BlobShapeTask(Task):
     Config = BlobShapeConfig
     default_dataset = "blobs_sim"
     monitor = "val_loss"
+    headline_metric = "accuracy"
+    higher_is_better = True
 
-    def output_dim(self) -> int:
-        return len(self.info.classes)
-
-    def batch_augment(self, batch):
+    def batch_augment(self, batch, generator=None):
         if self.config.augment:
-            batch["image"] = d4_augment(batch["image"])
+            batch["image"] = d4_augment(batch["image"], generator=generator)
         return batch
 
     def training_loss(self, model: nn.Module, batch):
         logits = model(batch["image"])
         return nn.functional.cross_entropy(logits, batch["label"]), logits
 
-    def make_metrics(self) -> nn.ModuleDict:
-        return nn.ModuleDict({"acc": torchmetrics.classification.MulticlassAccuracy(num_classes=self.output_dim(), average="micro")})
+    def make_metrics(self):
+        return torchmetrics.MetricCollection(
+            {"acc": torchmetrics.classification.MulticlassAccuracy(num_classes=self.output_dim(), average="micro")})
 
     def update_metrics(self, metrics, outputs, batch) -> None:
-        metrics["acc"].update(outputs, batch["label"])
+        metrics.update(outputs, batch["label"])
 
     def predict_batch(self, model: nn.Module, batch):
         probs = torch.softmax(model(batch["image"]), dim=1).cpu().numpy()
@@ -51,7 +51,7 @@ class BlobShapeTask(Task):
                          "pred_class": self.info.classes[int(probs[i].argmax())], "p_long": float(probs[i, 1])})
         return rows
 
-    def evaluate(self, predictions: Table):
+    def evaluate(self, predictions: Table, truth: Table):
         correct = np.asarray(predictions["true_class"]) == np.asarray(predictions["pred_class"])
         metrics = {"accuracy": float(correct.mean()), "n_evaluated": len(predictions),
                    "chance_accuracy": 1.0 / len(self.info.classes)}

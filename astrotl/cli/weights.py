@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import WeightsError
-from .weights import (
+from ..errors import WeightsError
+from ..weights import (
     RUN_BACKBONE_FILE,
     WEIGHT_SUFFIXES,
     WeightsRequest,
@@ -76,7 +76,7 @@ def request_for(name: str) -> WeightsRequest | None:
     if name.startswith("timm:"):
         return timm_request(name.split(":", 1)[1])
     if name.startswith("hf-hub:"):
-        from .weights import hf_flat_name
+        from ..weights import hf_flat_name
 
         repo = name.split(":", 1)[1]
         return WeightsRequest(what=f"weights from Hugging Face {repo}", filename=hf_flat_name(repo), source="hf-hub", hf_repo=repo)
@@ -171,20 +171,53 @@ def cmd_info(args, out) -> int:
     return 0
 
 
+def check_file_name(name: str, option: str = "--name") -> str:
+    """``name`` must be a plain file name inside the weights dir: no folders, no ``..``, not hidden, not absolute."""
+    import os
+
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    bad = (not name or name.strip() != name or any(s in name for s in seps) or name.startswith(".")
+           or "\0" in name or Path(name).is_absolute())
+    if bad:
+        raise WeightsError(f"{option} '{name}' is not a plain file name: it must not be empty, hold '/' or '\\', start "
+                           f"with '.' or be absolute, because the file goes into the weights dir {weights_dir()} and "
+                           f"nowhere else; give a name such as gz1-resnet18")
+    return name
+
+
 def _write_sidecar(dest: Path, meta: dict[str, Any]) -> None:
-    from .io import write_json
+    from ..io import write_json
 
     write_json(sidecar_path(dest), meta)
 
 
+def _place(src: Path, dest: Path, meta: dict[str, Any]) -> None:
+    """Copy ``src`` to ``dest`` and write its sidecar, atomically each; if the sidecar cannot be written
+    the new file is removed again (a weights file without its sidecar would lose its provenance)."""
+    from ..io import atomic_path
+
+    existed = dest.exists()
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    try:
+        _write_sidecar(dest, meta)
+    except BaseException:
+        if not existed:
+            dest.unlink(missing_ok=True)
+        raise
+
+
 def cmd_import(args, out) -> int:
     src = Path(args.file).expanduser()
+    if args.name is not None:
+        check_file_name(args.name)
     state = load_state_dict_file(src)  # refuses unsafe pickles and non-weights before anything is copied
     req = request_for(args.target) if args.target else None
     if args.target and req is None:
         raise WeightsError(f"--for '{args.target}' is not a known source; use resnet18[:TAG], timm:<model>, zoobot:<name> "
                            f"or hf-hub:<org/repo>, or leave --for out and use the file by name")
     name = args.name or (req.filename if req else src.name)
+    check_file_name(name, "--name" if args.name else "the file name")
     if Path(name).suffix not in WEIGHT_SUFFIXES:
         name += src.suffix if src.suffix in WEIGHT_SUFFIXES else ".safetensors"
     dest = weights_dir() / name
@@ -213,12 +246,7 @@ def cmd_import(args, out) -> int:
             meta["hf_config"] = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as exc:
             raise WeightsError(f"--config '{args.config}' is not a readable JSON file ({exc})") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_path
-
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(src, tmp)
-    _write_sidecar(dest, meta)
+    _place(src, dest, meta)
     hint = {"imagenet": "weights: imagenet", "zoobot": "weights: zoobot", "hf-hub": f"weights: {args.target}"}.get(
         req.source if req else "", f"weights: {dest.name}")
     out.write(f"imported: {dest} (sha256 {rec['sha256']})\nuse as:   {hint}\n")
@@ -226,10 +254,13 @@ def cmd_import(args, out) -> int:
 
 
 def cmd_export(args, out) -> int:
+    if args.name is not None:
+        check_file_name(args.name)
     f = resolve_run_dir(args.run if args.run.startswith("run:") else f"run:{args.run}")
     meta = read_metadata(f)
     run_name = f.parent.name
     name = args.name or f"{run_name}-{str(meta.get('backbone', 'backbone')).replace(':', '-')}"
+    check_file_name(name, "--name" if args.name else "the run name")
     if Path(name).suffix != ".safetensors":
         name += ".safetensors"
     dest = weights_dir() / name
@@ -245,12 +276,7 @@ def cmd_export(args, out) -> int:
             run_info = {}
     side = {"sha256": rec["sha256"], "bytes": rec["bytes"], "source": f"astrotl run {f.parent.resolve()}",
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_weights": run_info}
-    from .io import atomic_path
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        shutil.copyfile(f, tmp)
-    _write_sidecar(dest, side)
+    _place(f, dest, side)
     out.write(f"exported: {dest} (sha256 {rec['sha256']}; backbone {meta.get('backbone', '?')}, "
               f"bands {','.join(meta.get('bands') or [])})\nuse as:   backbone: {{name: {meta.get('backbone', '?')}, "
               f"weights: {dest.stem}}}\n")

@@ -44,8 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _data_options(args) -> dict:
-    from .config import apply_overrides, expand_env, load_yaml
-    from .errors import ConfigError
+    from ..config import apply_overrides, expand_env, load_yaml
+    from ..errors import ConfigError
 
     opts: dict = {}
     if args.task:
@@ -61,7 +61,13 @@ def _data_options(args) -> dict:
         if "=" not in item:
             raise ConfigError(f"--image '{item}' is not BAND=PATH (e.g. --image F555W=f555w.fits)")
         band, path = item.split("=", 1)
-        images[band.strip()] = path.strip()
+        band = band.strip()
+        if not band or not path.strip():
+            raise ConfigError(f"--image '{item}' is not BAND=PATH (e.g. --image F555W=f555w.fits)")
+        if band in images:
+            raise ConfigError(f"--image: band {band} is given twice ({images[band]} and {path.strip()}); give each band "
+                              f"once")
+        images[band] = path.strip()
     if images:
         opts["images"] = images
     for key in ("hdu", "catalog", "format", "coords", "x_col", "y_col", "ra_col", "dec_col", "id_col", "label_col",
@@ -83,11 +89,19 @@ def _data_options(args) -> dict:
 def run(args, out) -> int:
     from pydantic import ValidationError
 
-    from .config import _format_errors
-    from .datasets.cutouts import CatalogCutoutConfig, CatalogCutoutDataset
-    from .engine import default_cache_dir
-    from .mef import export_cutouts
+    from ..config import _format_errors
+    from ..datasets.cutouts import CatalogCutoutConfig, CatalogCutoutDataset
+    from ..engine import default_cache_dir
+    from ..mef import export_cutouts
 
+    from ..errors import ConfigError, OutputError
+    from ..mef import check_pattern
+
+    check_pattern(args.pattern)  # before any input is read
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise OutputError(f"--out '{args.out}' is a file; give a folder for the cutouts")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: give a positive number of rows")
     opts = _data_options(args)
     try:
         cfg = CatalogCutoutConfig.model_validate(opts)

@@ -29,12 +29,15 @@ def add_parser(subparsers) -> None:
                    help="mode ties: smallest class code (default) or the tied class of the earliest run listed")
     p.add_argument("--mode-only", action="store_true",
                    help="skip mean/median/std (for non-numeric class codes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def run(args, out) -> int:
-    from .ensemble import ensemble_runs
-    from .errors import ConfigError
+    from ..ensemble import OUT_SUFFIXES, ensemble_runs
+    from ..errors import ConfigError
+    from ..io import check_output_file
 
+    check_output_file(args.out, overwrite=args.overwrite, suffixes=OUT_SUFFIXES)  # before reading any run
     names = None
     if args.names:
         names = [s.strip() for s in args.names.split(",")]
@@ -42,7 +45,7 @@ def run(args, out) -> int:
             raise ConfigError(f"--names lists {len(names)} names for {len(args.runs)} runs; give one name per run")
     table = ensemble_runs(args.runs, args.out, names=names, class_col=args.class_col, id_col=args.id_col,
                           on_mismatch="intersection" if args.intersection else "error",
-                          tie_break=args.tie_break, numeric_stats=not args.mode_only)
+                          tie_break=args.tie_break, numeric_stats=not args.mode_only, overwrite=args.overwrite)
     qf = table["quality_factor"]
     n_tie = int(table["mode_tie"].sum())
     dropped = table.meta["ensemble"]["n_dropped"]

@@ -1,0 +1,155 @@
+"""Temperature scaling, expected calibration error and reliability diagrams (astrotl.calibration), and the
+classification task's use of them (fitted on validation, stored with the model, applied by predict)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from astropy.table import Table
+
+from astrotl.calibration import expected_calibration_error, fit_temperature, nll, reliability_plot, reliability_table
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from make_classes import make  # noqa: E402
+
+
+def _toy(n=3000, k=4, seed=0):
+    """Logits whose calibrated probabilities are softmax(2 z) (unit Gaussian noise around 2 x one-hot)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, k, (n,), generator=g)
+    z = 2.0 * torch.nn.functional.one_hot(labels, k).float() + torch.randn(n, k, generator=g)
+    return z, labels
+
+
+@pytest.mark.parametrize("scale,expect", [(6.0, 3.0), (0.5, 0.25)])
+def test_temperature_scaling_lowers_the_nll_of_a_miscalibrated_toy(scale, expect):
+    z, y = _toy()
+
+    def probs_at(t):
+        return torch.softmax(scale * z / t, dim=1)
+
+    t = fit_temperature(probs_at, y)
+    assert t == pytest.approx(expect, rel=0.2)  # over-confident (6x): T ~ 3; under-confident (0.5x): T ~ 0.25
+    before, after = probs_at(1.0), probs_at(t)
+    assert nll(after, y) < nll(before, y) - 0.05
+    assert expected_calibration_error(after.numpy(), y.numpy()) < 0.5 * expected_calibration_error(before.numpy(), y.numpy())
+    assert nll(after, y) <= nll(torch.softmax(2 * z, 1), y) + 0.01  # as good as the true posterior
+
+
+def test_calibrated_probabilities_have_a_small_ece_and_the_table_counts_every_sample():
+    z, y = _toy(n=5000, seed=1)
+    p = torch.softmax(2 * z, 1).numpy()
+    assert expected_calibration_error(p, y.numpy()) < 0.03
+    t = reliability_table(p, y.numpy(), n_bins=10)
+    assert int(np.sum(t["n"])) == 5000 and len(t) == 10
+    conf = np.array([0.95, 0.95, 0.95, 0.95])
+    assert expected_calibration_error(None, None, confidence=conf, correct=[1, 1, 0, 0]) == pytest.approx(0.45)
+
+
+def test_no_labels_leave_the_temperature_at_one(tmp_path):
+    assert fit_temperature(lambda t: torch.ones(0, 3) / 3, torch.zeros(0, dtype=torch.long)) == 1.0
+    assert np.isnan(nll(np.zeros((0, 3)), np.zeros(0, dtype=int)))
+    out = reliability_plot({"a": reliability_table(np.array([[0.7, 0.3]]), np.array([0]))}, tmp_path / "r.png")
+    assert out.is_file() and out.stat().st_size > 1000
+
+
+def _task(**cfg):
+    from astrotl.interfaces import DatasetInfo
+    from astrotl.tasks.classification import ClassificationTask
+
+    return ClassificationTask(ClassificationTask.Config(**cfg), DatasetInfo(bands=("L",), classes=("a", "b", "c")))
+
+
+class _Scaled(torch.nn.Module):
+    """Returns ``scale x`` the stored logits of each sample (found by its first pixel)."""
+
+    def __init__(self, logits, scale):
+        super().__init__()
+        self.logits = logits
+        self.scale = scale
+        self.lin = torch.nn.Linear(1, 1)  # a parameter, for the device
+
+    def forward(self, x):
+        return self.scale * self.logits[x[:, 0, 0, 0].long()]
+
+
+def test_task_calibrate_fits_the_temperature_buffer_and_predict_uses_it():
+    z, y = _toy(n=400, k=3, seed=2)
+    task = _task(calibration="temperature")
+    model = task.build_model(torch.nn.Identity(), _Scaled(z, 5.0))
+    assert float(model.temperature) == 1.0
+    images = torch.arange(400, dtype=torch.float32)[:, None, None, None].expand(400, 1, 2, 2)
+    loader = [{"image": images[i:i + 100], "label": y[i:i + 100], "index": torch.arange(i, i + 100)}
+              for i in range(0, 400, 100)]
+    info = task.calibrate(model, loader)
+    assert 1.5 < info["temperature"] < 4.0 and float(model.temperature) == pytest.approx(info["temperature"])
+    assert info["val_nll_after"] < info["val_nll_before"] and info["val_ece_after"] < info["val_ece_before"]
+    rows = task.predict_batch(model, loader[0])
+    p = np.array([[r["p_a"], r["p_b"], r["p_c"]] for r in rows])
+    expect = torch.softmax(5.0 * z[:100] / info["temperature"], 1).numpy()
+    assert np.allclose(p, expect, atol=1e-5)
+    raw = torch.softmax(5.0 * z[:100], 1).numpy()
+    assert np.allclose([r["pred_prob_raw"] for r in rows], raw.max(1), atol=1e-5)
+    # too few labelled validation samples: skipped, temperature unchanged
+    small = [{"image": images[:5], "label": y[:5], "index": torch.arange(5)}]
+    task2 = _task(calibration="temperature")
+    model2 = task2.build_model(torch.nn.Identity(), _Scaled(z, 5.0))
+    assert task2.calibrate(model2, small)["skipped"] and float(model2.temperature) == 1.0
+    assert _task().calibrate(model2, loader) is None  # calibration: none
+
+
+def test_a_model_saved_without_temperature_loads_with_temperature_one():
+    task = _task()
+    model = task.build_model(torch.nn.Identity(), torch.nn.Linear(4, 3))
+    state = {k: v for k, v in model.state_dict().items() if k != "temperature"}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not missing and not unexpected and float(model.temperature) == 1.0
+    model.temperature.fill_(2.5)
+    fresh = task.build_model(torch.nn.Identity(), torch.nn.Linear(4, 3))
+    fresh.load_state_dict(model.state_dict())
+    assert float(fresh.temperature) == 2.5
+
+
+@pytest.fixture(scope="module")
+def classes_dir(tmp_path_factory):
+    return make(tmp_path_factory.mktemp("classes_cal"), n=96, size=16, seed=2)
+
+
+def test_run_writes_calibrated_predictions_reliability_diagram_and_predict_applies_it(cli, tmp_path, classes_dir):
+    cfg = {
+        "name": "cal", "seed": 0, "output_dir": str(tmp_path / "runs"),
+        "task": {"name": "classification", "calibration": "temperature"},
+        "data": {"name": "image_folder", "root": str(classes_dir), "labels": "labels.csv", "id_col": "id",
+                 "file_pattern": "images/{id}.png", "label_col": "label", "color": "grayscale",
+                 "split_fractions": [0.5, 0.25, 0.25]},
+        "backbone": {"name": "resnet18", "weights": "none"},
+        "optim": {"lr": 0.003, "scheduler": "none"},
+        "trainer": {"max_epochs": 2, "batch_size": 16, "accelerator": "cpu", "devices": 1, "progress_bar": False,
+                    "logger": "none", "num_threads": 1},
+    }
+    path = tmp_path / "cal.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, out, err = cli("run", path)
+    assert code == 0, err
+    run = tmp_path / "runs" / "cal"
+    m = json.loads((run / "metrics.json").read_text())["metrics"]
+    t = m["test_temperature"]
+    assert t != 1.0 and "test_ece" in m and "test_ece_uncalibrated" in m and "test_nll" in m
+    assert (run / "plots" / "reliability.png").is_file() and (run / "tables" / "reliability.ecsv").is_file()
+    report = (run / "report.md").read_text()
+    assert f"calibration: temperature {t:.3f} fitted on 24 validation samples" in report
+    preds = Table.read(run / "predictions.ecsv")
+    assert {"pred_prob_raw", "pred_class_raw"} <= set(preds.colnames)
+    from safetensors.torch import load_file
+
+    assert float(load_file(str(run / "model.safetensors"))["temperature"]) == pytest.approx(t)
+    code, out, err = cli("predict", run, "--split", "test", "--out", tmp_path / "p.ecsv")
+    assert code == 0, err
+    again = Table.read(tmp_path / "p.ecsv")
+    assert np.allclose(np.asarray(again["p_long"]), np.asarray(preds["p_long"]), atol=1e-5)

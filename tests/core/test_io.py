@@ -1,0 +1,191 @@
+"""astrotl.io: atomic writers that leave nothing half-written and fail with one line."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from astrotl.errors import OutputError
+from astrotl.io import (TEMP_PATTERN, atomic_path, check_output_file, clean_temp_files, save_figure, write_json,
+                        write_table, write_text)
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("writer", ["text", "json", "table_ecsv", "table_fits", "figure"])
+def test_full_disk_on_rename_leaves_old_file_and_no_temp(tmp_path, monkeypatch, writer):
+    dest = tmp_path / {"text": "a.txt", "json": "a.json", "table_ecsv": "a.ecsv", "table_fits": "a.fits",
+                       "figure": "a.png"}[writer]
+    dest.write_text("old")
+    monkeypatch.setattr(os, "replace", _enospc)
+    with pytest.raises(OutputError, match=r"cannot write '.*a\.\w+': No space left on device; the disk is full"):
+        if writer == "text":
+            write_text(dest, "new")
+        elif writer == "json":
+            write_json(dest, {"a": 1})
+        elif writer.startswith("table"):
+            write_table(dest, Table({"a": [1, 2]}))
+        else:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, _ = plt.subplots()
+            save_figure(fig, dest)
+    assert dest.read_text() == "old"
+    assert _tree(tmp_path) == [dest.name]
+
+
+def test_full_disk_while_writing_the_temp_file(tmp_path):
+    dest = tmp_path / "big.npy"
+
+    def body():
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match="No space left on device; the disk is full") as info:
+        body()
+    assert "\n" not in str(info.value) and ".tmp" not in str(info.value)
+    assert _tree(tmp_path) == []
+
+
+def test_writer_errors_reported_without_errno(tmp_path):
+    """safetensors ("os error 28") and astropy.io.fits ("Not enough space on disk") are recognised too."""
+    for exc in (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
+                OSError("Not enough space on disk: requested 800000, available 0.")):
+        with pytest.raises(OutputError, match="the disk is full"):
+            with atomic_path(tmp_path / "m.safetensors"):
+                raise exc
+    assert _tree(tmp_path) == []
+
+
+def test_a_bug_in_the_writer_keeps_its_traceback(tmp_path):
+    with pytest.raises(TypeError):
+        with atomic_path(tmp_path / "x.txt"):
+            raise TypeError("a bug")
+    assert _tree(tmp_path) == []
+
+
+def test_permission_denied(tmp_path, monkeypatch):
+    import tempfile
+
+    def deny(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkstemp", deny)
+    with pytest.raises(OutputError, match="Permission denied.*no permission to write there"):
+        write_text(tmp_path / "x.txt", "x")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="no permission"):
+            write_text(ro / "x.txt", "x")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_destination_is_a_directory(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="it is a directory; give a file name"):
+        write_table(tmp_path / "d", Table({"a": [1]}))
+    assert _tree(tmp_path) == ["d"]
+
+
+def test_parent_is_a_file_or_a_broken_link(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="a part of the path is a file"):
+        write_text(tmp_path / "f" / "g" / "x.txt", "x")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match="cannot write"):
+        write_text(tmp_path / "link" / "x.txt", "x")
+    assert _tree(tmp_path) == ["f", "link"]
+
+
+def test_symlink_destination_is_replaced_not_followed(tmp_path):
+    target = tmp_path / "target.txt"
+    target.write_text("keep")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    write_text(link, "new")
+    assert target.read_text() == "keep" and link.read_text() == "new" and not link.is_symlink()
+
+
+def test_interrupt_leaves_no_temp(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "x.ckpt") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert _tree(tmp_path) == []
+
+
+def test_temp_names_match_the_cleanup_pattern(tmp_path):
+    seen = []
+    for name in ("a.ecsv", "model.safetensors", "noext", "last.ckpt", "x.tar.gz"):
+        with atomic_path(tmp_path / name) as tmp:
+            seen.append(tmp.name)
+            assert TEMP_PATTERN.match(tmp.name), tmp.name
+    stale = [tmp_path / s for s in seen]
+    for s in stale:
+        s.write_text("stale")
+    (tmp_path / ".hidden_user_file").write_text("mine")
+    (tmp_path / "notes.tmp").write_text("mine")
+    removed = clean_temp_files(tmp_path)
+    assert sorted(removed) == sorted(stale)
+    assert _tree(tmp_path) == [".hidden_user_file", "a.ecsv", "last.ckpt", "model.safetensors", "noext", "notes.tmp",
+                               "x.tar.gz"]
+
+
+def test_check_output_file(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "exists.ecsv").write_text("x")
+    (tmp_path / "file").write_text("x")
+    sfx = (".ecsv", ".fits", ".csv")
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output_file(tmp_path / "d", suffixes=sfx)
+    with pytest.raises(OutputError, match="already exists; .* --overwrite"):
+        check_output_file(tmp_path / "exists.ecsv", suffixes=sfx)
+    assert check_output_file(tmp_path / "exists.ecsv", overwrite=True, suffixes=sfx)
+    with pytest.raises(OutputError, match="must end in .ecsv, .fits or .csv"):
+        check_output_file(tmp_path / "x.txt", suffixes=sfx)
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "x.ecsv", suffixes=sfx)
+    assert check_output_file(tmp_path / "new" / "deeper" / "x.ecsv", suffixes=sfx)
+
+
+def test_record_output_reports_files_and_new_folders(tmp_path):
+    from astrotl.io import add_recorder, remove_recorder
+
+    got = []
+    add_recorder(tmp_path / "run", lambda p, kind: got.append((os.path.relpath(p, tmp_path), kind)))
+    try:
+        write_text(tmp_path / "run" / "plots" / "a" / "x.txt", "x")
+        write_text(tmp_path / "elsewhere.txt", "x")
+    finally:
+        remove_recorder(tmp_path / "run")
+    assert got == [("run", "dir"), ("run/plots", "dir"), ("run/plots/a", "dir"), ("run/plots/a/x.txt", "file")]
+    write_text(tmp_path / "run" / "y.txt", "y")
+    assert len(got) == 4
+
+
+def test_write_table_roundtrip(tmp_path):
+    t = Table({"a": np.arange(3)})
+    write_table(tmp_path / "t.ecsv", t)
+    assert list(Table.read(tmp_path / "t.ecsv")["a"]) == [0, 1, 2]
