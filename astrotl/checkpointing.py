@@ -36,24 +36,26 @@ __all__ = ["AtomicCheckpointIO", "load_model_state", "checkpoint_error"]
 
 
 class _ErrorKeepingWriter:
-    """A file wrapper that remembers the ``OSError`` of a failed write: torch's zip writer turns it into
-    ``RuntimeError("... unexpected pos ...")``, losing the errno (e.g. ENOSPC)."""
+    """A file wrapper that remembers what stopped a write -- an ``OSError`` (e.g. ENOSPC) or an interrupt
+    (:class:`~astrotl.signals.RunInterrupted` raised by the SIGTERM handler in the middle of a write):
+    torch's zip writer turns either into ``RuntimeError("... unexpected pos ...")``, which would make an
+    interrupted run look like a failed one."""
 
     def __init__(self, fh):
         self._fh = fh
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
 
     def write(self, data) -> int:
         try:
             return self._fh.write(data)
-        except OSError as exc:
+        except BaseException as exc:
             self.error = self.error or exc
             raise
 
     def flush(self) -> None:
         try:
             self._fh.flush()
-        except OSError as exc:
+        except BaseException as exc:
             self.error = self.error or exc
             raise
 

@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import pickle
+import signal
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch
 from astrotl import checkpointing
 from astrotl.checkpointing import AtomicCheckpointIO, load_model_state, save_checkpoint_file
 from astrotl.errors import OutputError, RunDirError
+from astrotl.signals import RunInterrupted
 
 
 def _tree(root):
@@ -76,6 +78,27 @@ def test_interrupt_during_save_leaves_no_temp(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint_file(_ckpt(), tmp_path / "last.ckpt")
     assert _tree(tmp_path) == []
+
+
+class _SigtermMidWrite(io.FileIO):
+    """A file whose write is interrupted by SIGTERM (astrotl's handler raises RunInterrupted) after 200 bytes."""
+
+    def write(self, data):
+        if self.tell() + len(data) > 200:
+            raise RunInterrupted(signal.SIGTERM)
+        return super().write(data)
+
+
+def test_sigterm_inside_torch_save_stays_an_interrupt(tmp_path, monkeypatch):
+    # torch's zip writer turns an exception raised inside write() into RuntimeError("unexpected pos");
+    # the interrupt must come out as itself, so the run (or a compare cell) is "interrupted", not "failed"
+    dest = tmp_path / "last.ckpt"
+    save_checkpoint_file(_ckpt(10), dest)
+    old = dest.read_bytes()
+    monkeypatch.setattr(checkpointing, "open", lambda p, mode: _SigtermMidWrite(p, "w"), raising=False)
+    with pytest.raises(RunInterrupted):
+        AtomicCheckpointIO().save_checkpoint(_ckpt(100000), dest)
+    assert dest.read_bytes() == old and _tree(tmp_path) == ["last.ckpt"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing"])
