@@ -14,11 +14,13 @@ host mask, merge within a PSF FWHM) and DS9 region output.
 
 Registers the task ``clumps`` (:class:`astrotl_clumps.task.ClumpDetectionTask`: the core
 ``detection`` task with that post-processing, completeness by clump brightness, a detections
-catalogue with RA/Dec, DS9 region files and overlays) and the commands ``astrotl clumps-compare``
-(:mod:`astrotl_clumps.compare`: backbones x training-set sizes x seeds, one table and plot) and
-``astrotl clumps-evaluate`` (:mod:`astrotl_clumps.evaluate`: a finished run scored on other labelled
-data, e.g. the Stripe 82 clumps) and ``astrotl clumps-regions-check`` (:mod:`astrotl_clumps.regions_check`:
-a run's DS9 files read back and compared with its catalogue).
+catalogue with RA/Dec, DS9 region files and overlays) and the commands ``astrotl clumps-evaluate``
+(:mod:`astrotl_clumps.evaluate`: a finished run scored on other labelled data, e.g. the Stripe 82 clumps)
+and ``astrotl clumps-regions-check`` (:mod:`astrotl_clumps.regions_check`: a run's DS9 files read back and
+compared with its catalogue).
+
+Backbones x training-set sizes x seeds are the core's ``astrotl compare`` on ``tasks/clumps_compare.yaml``
+(no command of this plugin).
 """
 
 from astrotl import hookimpl
@@ -41,6 +43,6 @@ def astrotl_register_tasks():
 
 @hookimpl
 def astrotl_register_commands():
-    from . import compare, evaluate, regions_check
+    from . import evaluate, regions_check
 
-    return [compare, evaluate, regions_check]
+    return [evaluate, regions_check]

@@ -1,5 +1,6 @@
 """The ``clumps`` task: post-processing inside the task, the detections catalogue with RA/Dec, DS9 regions
-(pixel and sky agree), completeness by brightness, a tiny end-to-end run, ``clumps-compare`` and bad inputs."""
+(pixel and sky agree), completeness by brightness, a tiny end-to-end run, the backbone comparison
+(``astrotl compare tasks/clumps_compare.yaml``) and bad inputs."""
 
 from __future__ import annotations
 
@@ -361,33 +362,69 @@ def test_evaluate_a_run_on_other_data(cli, tiny_run, fake_s82, tmp_path):
     assert code == 2 and "mismatch" in err and len(err.strip().splitlines()) == 1
 
 
-# -- clumps-compare ----------------------------------------------------------------------------------------------------
+# -- the backbone comparison: astrotl compare on a clumps task --------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+CLUMPS_COMPARE = REPO / "tasks" / "clumps_compare.yaml"
+
+
+def test_clumps_compare_task_file_plans_backbones_x_sizes_x_seeds(tmp_path):
+    """tasks/clumps_compare.yaml is tasks/clumps.yaml plus a compare block: 3 backbones x 2 sizes x 2 seeds."""
+    from astrotl.compare import make_plan
+    from astrotl.plugins import load_registries
+
+    spec = yaml.safe_load(CLUMPS_COMPARE.read_text())
+    base = yaml.safe_load((REPO / "tasks" / "clumps.yaml").read_text())
+    for section in ("task", "data", "head", "optim", "trainer"):  # the measured detector, unchanged
+        assert spec[section] == base[section], section
+    assert spec["backbone"] == base["backbone"]
+    grid = spec["compare"]["grid"]
+    assert grid["backbone.weights"] == {"random": "none", "gz1": "run:runs/gz1_pretrain", "imagenet": "imagenet"}
+    plan = make_plan(CLUMPS_COMPARE, load_registries(), out=tmp_path / "cmp")
+    names = [c.name for c in plan.cells]
+    assert len(names) == 12 and "weights-gz1__size-250__seed-1" in names and "weights-random__size-1000__seed-0" in names
+    assert not (tmp_path / "cmp").exists()  # planning writes nothing
+    for c in plan.cells:  # every cell is a clumps run on its own subset of the one simulated pool
+        d = c.config.to_dict()
+        assert d["task"]["name"] == "clumps" and d["data"]["n_train"] == 1500
+        assert d["train_subset"]["size"] in (250, 1000) and d["train_subset"]["seed"] == c.seed == d["seed"]
+    missing = [c for c in plan.cells if c.settings["backbone.weights"] == "gz1" and not
+               (REPO / "runs" / "gz1_pretrain" / "backbone.safetensors").is_file()]
+    assert all(c.state == "skipped" and "gz1_pretrain" in c.note for c in missing)
 
 
 @pytest.mark.slow
-def test_compare_runs_cells_skips_missing_weights_and_resumes(cli, tmp_path, caplog):
-    task = _task_file(tmp_path, name="cmp")
+def test_compare_runs_clump_cells_skips_missing_weights_and_resumes(cli, tmp_path):
+    """A tiny clumps grid through the core's astrotl compare: cells are clumps runs, the missing pre-training is a
+    skipped cell with a note, the report tabulates completeness, purity and mAP50 next to F1, a learning curve is
+    drawn, and a rerun keeps the finished cells."""
+    task = _task_file(tmp_path, name="cmp", compare={
+        "grid": {"backbone.weights": {"random": "none", "gz1": f"run:{tmp_path / 'no_such_run'}"},
+                 "train_subset.size": [6, 12]},
+        "seeds": [0], "seed_keys": ["seed", "train_subset.seed"], "metrics": ["completeness", "purity", "map_50"],
+        "executor": "debug", "out": str(tmp_path / "cmp")})
     out = tmp_path / "cmp"
-    args = ["clumps-compare", out, "--task", task, "--sizes", "8", "--seeds", "0", "--backbone", "random=none",
-            "--backbone", f"gz1=run:{tmp_path / 'no_such_run'}"]
-    code, stdout, err = cli(*args)
+    code, stdout, err = cli("compare", task)
     assert code == 0, err
     cells = Table.read(out / "cells.ecsv")
-    assert list(cells["status"]) == ["finished", "skipped"] and "does not exist" in cells["reason"][1]
+    status = dict(zip(cells["cell"], cells["status"]))
+    assert status == {"weights-random__size-6__seed-0": "finished", "weights-random__size-12__seed-0": "finished",
+                      "weights-gz1__size-6__seed-0": "skipped", "weights-gz1__size-12__seed-0": "skipped"}
+    run = out / "cells" / "weights-random__size-12__seed-0"
+    for f in ("report.md", "tables/detections.ecsv", "tables/completeness_by_brightness.ecsv"):
+        assert (run / f).is_file(), f
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
     summary = Table.read(out / "summary.ecsv")
-    assert list(summary["n_seeds"]) == [1, 0] and np.isfinite(summary["f1"][0])
-    assert (out / "compare.png").is_file() and (out / "runs" / "random_n8_s0" / "report.md").is_file()
-    assert "| random | 8 | 1 |" in stdout and "| gz1 | 8 | 0 | skipped: run directory" in stdout
-    first = json.loads((out / "runs" / "random_n8_s0" / "run.json").read_text())["ended"]
-    caplog.set_level("INFO")
-    code, stdout2, err = cli(*args)  # resumable: the finished cell is read back, not rerun
+    for m in ("f1", "completeness", "purity", "map_50"):
+        assert f"test_{m}_mean" in summary.colnames
+    report = (out / "report.md").read_text()
+    assert "completeness" in report and "purity" in report and "map_50" in report
+    assert "does not exist" in report  # the skipped gz1 cells, with the reason
+    assert (out / "learning_curve.png").is_file() and (out / "paired.ecsv").is_file()
+    first = json.loads((run / "run.json").read_text())["ended"]
+    code, _, err = cli("compare", task)  # resumable: the finished cells are kept, not rerun
     assert code == 0, err
-    assert json.loads((out / "runs" / "random_n8_s0" / "run.json").read_text())["ended"] == first
-    assert "finished earlier, read back" in caplog.text
-    assert stdout2.splitlines()[2] == stdout.splitlines()[2]
-    # another configuration in the same folder is refused
-    code, _, err = cli(*args, "--set", "optim.lr=0.01")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "made with another configuration" in err
+    assert json.loads((run / "run.json").read_text())["ended"] == first
 
 
 # -- bad inputs -----------------------------------------------------------------------------------------------------
@@ -434,16 +471,24 @@ def test_data_without_host_mask_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--sizes", "0"], "positive"),
-    (["--sizes", "a,b"], "comma-separated integers"),
-    (["--seeds", "1,1"], "twice"),
-    (["--backbone", "gz1"], "LABEL=WEIGHTS"),
-    (["--backbone", "a b=none"], "only letters"),
-    (["--task", "no_such.yaml"], "does not exist"),
+    (["--grid", "train_subset.size=0"], "train_subset.size"),
+    (["--grid", "train_subset.sise=250"], "unknown key 'train_subset.sise'"),
+    (["--grid", "train_subset.size="], "has no values"),
+    (["--seeds", "a,b"], "not a comma-separated list of integers"),
+    (["--set", "task.score_threshold=0.1"], "below the post-processing score cut 0.3"),
 ])
-def test_compare_bad_arguments_are_one_line(cli, tmp_path, args, match):
-    task = _task_file(tmp_path, name="bad")
-    full = ["clumps-compare", tmp_path / "out", "--task", task, *args]
-    code, _, err = cli(*full)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
-    assert not (tmp_path / "out" / "cells.ecsv").exists()
+def test_clumps_compare_bad_arguments_are_one_line(cli, tmp_path, args, match):
+    out = tmp_path / "out"
+    code, _, err = cli("compare", CLUMPS_COMPARE, "--out", out, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("astrotl: error:") and match in err, err
+    assert not out.exists()
+
+
+def test_the_former_clumps_compare_command_is_gone(capsys):
+    """``astrotl clumps-compare`` was replaced by ``astrotl compare tasks/clumps_compare.yaml``."""
+    from astrotl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["clumps-compare", "out"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'clumps-compare'" in err
