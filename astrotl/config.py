@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, did_you_mean
 from .interfaces import ComponentConfig
@@ -120,7 +120,7 @@ class TrainSubsetConfig(_Strict):
 
 
 class CVConfig(_Strict):
-    """k-fold cross-validation over the training and validation splits (see :mod:`astrotl.crossval`)."""
+    """k-fold cross-validation over the training and validation splits, or all three (see :mod:`astrotl.crossval`)."""
 
     k: int = Field(5, ge=2, le=50, description="number of folds")
     keep: Literal["ensemble", "none"] = Field(
@@ -128,6 +128,21 @@ class CVConfig(_Strict):
     refit: bool = Field(False, description="also train one model on all training + validation labels for the median "
                                            "best epoch of the folds; it becomes the run's model")
     seed: int = Field(0, description="seed of the fold assignment (stratified by class, whole groups)")
+    test: Literal["split", "fold"] = Field(
+        "split", description="split: every fold model is tested on the common test split; fold: all three splits are "
+                             "pooled and fold i is also fold i's test set (validation: fold i + 1), so that every "
+                             "labelled sample is tested once -- for data sets too small to spare a test split")
+
+    @model_validator(mode="after")
+    def _check_test_fold(self):
+        if self.test == "fold":
+            if self.k < 3:
+                raise ValueError(f"cv.test: fold needs k >= 3 (test, validation and training folds), got k={self.k}")
+            if self.keep == "ensemble" or self.refit:
+                raise ValueError("cv.test: fold tests each fold model on its own fold, so there is no common test "
+                                 "split to ensemble on and nothing to test a refit on; use keep: none, refit: false "
+                                 "(or cv.test: split)")
+        return self
 
 
 class CompareSlurmConfig(_Strict):

@@ -7,6 +7,11 @@ selection, early stopping, calibration) on fold ``i`` and training on the others
 touched: every fold model is tested on it, and the run reports the mean +- standard deviation over
 folds of every test metric (``cv.ecsv``, ``metrics.json``, ``report.md``).
 
+With ``test: fold`` (for data sets too small to spare a test split) the test split is pooled too: fold ``i``
+is fold model ``i``'s test set, fold ``i + 1`` (mod ``k``) its validation set and the other ``k - 2`` folds
+its training set, so every labelled sample is tested exactly once. The run then also scores the pooled
+out-of-fold predictions (``pooled_test_*`` in ``metrics.json``; ``predictions.ecsv`` with a ``fold`` column).
+
 Options::
 
     cv:
@@ -16,6 +21,7 @@ Options::
                       #   median best epoch of the folds; it becomes the run's model (astrotl predict,
                       #   weights: run:<run>)
       seed: 0         # fold assignment
+      test: split     # or fold: test each fold model on its own fold (k >= 3; no ensemble or refit)
 
 ``--resume`` skips finished folds and continues the one that stopped. Each fold directory is a complete
 run (``astrotl predict <run>/folds/2`` works); the k fold models can also be combined on new data with
@@ -72,7 +78,7 @@ def fold_assignment(labels: np.ndarray, k: int, seed: int = 0, groups: np.ndarra
         inverse = np.arange(n)
         unit_labels = labels
     if len(unit_labels) < k:
-        raise ConfigError(f"cv.k={k} folds but the training and validation splits hold only {len(unit_labels)} "
+        raise ConfigError(f"cv.k={k} folds but the pooled splits hold only {len(unit_labels)} "
                           f"{'groups' if groups is not None else 'samples'}; lower cv.k")
     rng = np.random.default_rng(seed)
     unit_fold = np.empty(len(unit_labels), dtype=np.int64)
@@ -137,26 +143,32 @@ def _pooled_groups(pooled: PooledDataset) -> np.ndarray | None:
     return np.asarray(groups()) if callable(groups) else None
 
 
-def _fold_prepare(k: int, seed: int, fold: int | None, temperature: float | None = None):
+def _fold_prepare(k: int, seed: int, fold: int | None, temperature: float | None = None, test_fold: bool = False):
     """A ``prepare`` hook for :func:`astrotl.engine.run_single`: swap in fold ``fold``'s training and
-    validation sets (``None``: train on everything, for the refit)."""
+    validation sets (``None``: train on everything, for the refit); with ``test_fold`` the test split is
+    pooled too and fold ``fold`` becomes the test set, fold ``fold + 1`` (mod ``k``) the validation set."""
 
     def prepare(asm) -> None:
         from .engine import TrainSubset
 
-        pooled = PooledDataset([asm.datasets["train"], asm.datasets["val"]])
+        splits = ("train", "val", "test") if test_fold else ("train", "val")
+        pooled = PooledDataset([asm.datasets[s] for s in splits])
         labels = np.asarray(pooled.labels()) if callable(getattr(pooled, "labels", None)) else np.full(len(pooled), -1)
         folds = fold_assignment(labels, k, seed, _pooled_groups(pooled))
         if fold is None:
             train_idx = np.arange(len(pooled))
             val_idx = np.flatnonzero(folds == 0)  # not used for selection (validation is off in the refit)
+        elif test_fold:
+            val = (fold + 1) % k
+            train_idx, val_idx = np.flatnonzero((folds != fold) & (folds != val)), np.flatnonzero(folds == val)
+            asm.datasets["test"] = TrainSubset(pooled, np.flatnonzero(folds == fold))
         else:
             train_idx, val_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
         asm.datasets["train"] = TrainSubset(pooled, train_idx)
         asm.datasets["val"] = TrainSubset(pooled, val_idx)
-        for split in ("train", "val"):
+        for split in splits:
             asm.datasets[split].collate_fn = pooled.collate_fn
-        for split in ("train", "val"):
+        for split in splits:
             asm.task.check_data(asm.datasets[split], split)
         if callable(getattr(asm.task, "set_class_counts", None)) and asm.info.classes:
             lab = np.asarray(asm.datasets["train"].labels())
@@ -251,7 +263,8 @@ def run_cv(config: ResolvedConfig, registries, *, overwrite: bool = False, resum
             sd = RunDirectory(root.path / FOLDS_DIR / str(i))
             log.info("cv: fold %d of %d", i + 1, cv.k)
             cfg = _fold_config(config, f"{config.run.name}_fold{i}")
-            results[str(i)] = _run_member(cfg, sd, registries, resume, callbacks, _fold_prepare(cv.k, cv.seed, i))
+            results[str(i)] = _run_member(cfg, sd, registries, resume, callbacks,
+                                          _fold_prepare(cv.k, cv.seed, i, test_fold=cv.test == "fold"))
             if main:
                 root.write_status(current_fold=i)
         best_epochs = [e for e in (_best_epoch(results[f].path, monitor, mode) for f in results) if e is not None]
@@ -283,8 +296,9 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _ensemble(config: ResolvedConfig, results: dict[str, Any]) -> tuple[Table, dict[str, Any], Any] | None:
-    """The fold models' test predictions averaged (class probabilities), evaluated by the task."""
+def _fold_predictions(config: ResolvedConfig, results: dict[str, Any]) -> tuple[list[Table], Any, list[str]] | None:
+    """Each fold's ``predictions.ecsv``, the task (built from the fold models' classes and bands) and the
+    ``p_<class>`` columns; ``None`` when a fold has none or they lack class probabilities."""
     from .interfaces import DatasetInfo
     from .loadrun import read_model_metadata
 
@@ -299,6 +313,30 @@ def _ensemble(config: ResolvedConfig, results: dict[str, Any]) -> tuple[Table, d
         return None
     task_cls, task_cfg = config.component("task")
     task = task_cls(task_cfg, DatasetInfo(bands=tuple(meta.get("bands") or ()), classes=tuple(classes)))
+    return tables, task, cols
+
+
+def _pooled_out_of_fold(config: ResolvedConfig, results: dict[str, Any]) -> tuple[Table, dict[str, Any]] | None:
+    """``cv.test: fold``: the fold models' predictions on their own test folds stacked (a ``fold`` column added)
+    and evaluated by the task as one set (every labelled sample once)."""
+    got = _fold_predictions(config, results)
+    if got is None:
+        return None
+    tables, task, _ = got
+    for name, t in zip(results, tables):
+        t["fold"] = np.full(len(t), int(name))
+    out = vstack(tables, metadata_conflicts="silent")
+    test, _ = task.evaluate(out, Table({"index": np.array([], dtype=np.int64)}))
+    return out, test
+
+
+def _ensemble(config: ResolvedConfig, results: dict[str, Any]) -> tuple[Table, dict[str, Any], Any] | None:
+    """The fold models' test predictions averaged (class probabilities), evaluated by the task."""
+    got = _fold_predictions(config, results)
+    if got is None:
+        return None
+    tables, task, cols = got
+    classes = [c.removeprefix("p_") for c in cols]
     out = tables[0].copy()
     probs = np.mean([np.stack([np.asarray(t[c], dtype=float) for c in cols], axis=1) for t in tables], axis=0)
     for j, c in enumerate(cols):
@@ -340,6 +378,18 @@ def _write_cv_outputs(config: ResolvedConfig, root: RunDirectory, results: dict[
     if f"{head_key}_mean" in summary:
         headline = (f"{cv.k}-fold CV: test {task_cls.headline_metric.replace('_', ' ')} "
                     f"{summary[f'{head_key}_mean']:.3f} +- {summary[f'{head_key}_std']:.3f}")
+    if cv.test == "fold":
+        headline = headline.replace("-fold CV:", "-fold CV (each fold tested once):")
+        pooled = _pooled_out_of_fold(config, results)
+        if pooled is None:
+            log.warning("cv: the fold predictions could not be pooled (no p_<class> columns)")
+        else:
+            write_table(root.path / "predictions.ecsv", pooled[0])
+            summary.update({f"pooled_test_{k}": v for k, v in _numeric(pooled[1]).items()
+                            if not k.startswith(("n_", "chance"))})
+            summary["pooled_n_test"] = len(pooled[0])
+            if task_cls.headline_metric in pooled[1]:
+                headline += f"; pooled out-of-fold ({len(pooled[0])}): {pooled[1][task_cls.headline_metric]:.3f}"
     ens = _ensemble(config, results) if cv.keep == "ensemble" else None
     if cv.keep == "ensemble" and ens is None:
         log.warning("cv: the fold predictions could not be combined (no labelled test split or no p_<class> columns)")
@@ -382,9 +432,14 @@ def _write_report(config, root, results, refit, summary, headline, keys) -> None
         lines += [config.run.description.strip(), ""]
     if headline:
         lines += [f"**{headline}**", ""]
-    lines += [f"The training and validation splits were pooled and dealt into {cv.k} folds (stratified by class, "
-              f"groups kept whole, seed {cv.seed}); fold *i* validates on fold *i* and trains on the rest. Every fold "
-              f"model is tested on the same test split.", ""]
+    if cv.test == "fold":
+        lines += [f"The training, validation and test splits were pooled and dealt into {cv.k} folds (stratified by "
+                  f"class, groups kept whole, seed {cv.seed}); fold model *i* is tested on fold *i*, validates on fold "
+                  f"*i + 1* (mod {cv.k}) and trains on the rest, so every sample is tested once.", ""]
+    else:
+        lines += [f"The training and validation splits were pooled and dealt into {cv.k} folds (stratified by "
+                  f"class, groups kept whole, seed {cv.seed}); fold *i* validates on fold *i* and trains on the rest. "
+                  f"Every fold model is tested on the same test split.", ""]
     shown = [k for k in keys if k.startswith("test_") and not k.startswith(("test_tta", "test_temperature"))][:8]
     if shown:
         lines += ["| fold | " + " | ".join(k.removeprefix("test_") for k in shown) + " |",
@@ -399,6 +454,11 @@ def _write_report(config, root, results, refit, summary, headline, keys) -> None
         lines.append("")
     if "cv_best_epoch_median" in summary:
         lines += [f"Median best epoch over folds: {summary['cv_best_epoch_median']:g}.", ""]
+    pooled = [k for k in summary if k.startswith("pooled_test_")]
+    if pooled:
+        lines += [f"**Pooled out-of-fold** ({summary.get('pooled_n_test', 0)} samples, each tested once; "
+                  "`predictions.ecsv`, `fold` column): " +
+                  ", ".join(f"{k.removeprefix('pooled_test_')} {summary[k]:.4g}" for k in pooled[:6]), ""]
     ens = [k for k in summary if k.startswith("ensemble_test_")]
     if ens:
         lines += [f"**Ensemble** of the {cv.k} fold models (mean class probabilities; `predictions.ecsv`): " +
@@ -406,6 +466,6 @@ def _write_report(config, root, results, refit, summary, headline, keys) -> None
     if refit is not None:
         lines += [f"**Refit** on all training + validation labels ([refit/report.md]({REFIT_DIR}/report.md)): "
                   f"{refit.headline}. Its weights are this run's `model.safetensors` and `backbone.safetensors`.", ""]
-    lines += ["Files: `cv.ecsv` (each fold's metrics), `metrics.json` (mean/std, ensemble, refit), "
+    lines += ["Files: `cv.ecsv` (each fold's metrics), `metrics.json` (mean/std, pooled, ensemble, refit), "
               f"`{FOLDS_DIR}/<i>/` (ordinary runs).", ""]
     write_text(root.path / "report.md", "\n".join(lines))

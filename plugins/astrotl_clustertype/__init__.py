@@ -9,10 +9,10 @@ Registers
   ``python -m astrotl_clustertype.stellarium fetch --cache DIR``).
 
 The classification task is the core's (tasks/clustertype.yaml, tasks/clustertype_paper.yaml,
-tasks/clustertype_stellarium.yaml). Commands (:mod:`astrotl_clustertype.cli`):
+tasks/clustertype_stellarium.yaml: fine-tuning with the core's k-fold cross-validation, ``cv:``). Command
+(:mod:`astrotl_clustertype.cli`):
 
-* ``astrotl clustertype-evaluate RUN --out DIR`` -- score a run on the real Stellarium images as they are;
-* ``astrotl clustertype-cv TASK --out FILE.ecsv`` -- k-fold cross-validation on them (one run per fold).
+* ``astrotl clustertype-evaluate RUN --out DIR`` -- score a run on the real Stellarium images as they are.
 """
 
 from astrotl import hookimpl

@@ -1,6 +1,7 @@
-"""The plugin's commands: ``astrotl clustertype-evaluate`` and ``astrotl clustertype-cv``.
+"""The plugin's command: ``astrotl clustertype-evaluate`` (k-fold cross-validation on the real images is the
+core's ``cv:`` section: ``astrotl run tasks/clustertype_stellarium.yaml``).
 
-Each is an object with ``COMMAND``, ``add_parser(subparsers)`` and ``run(args, out)``, registered by the
+It is an object with ``COMMAND``, ``add_parser(subparsers)`` and ``run(args, out)``, registered by the
 plugin's ``astrotl_register_commands`` hook like astrotl's own commands. See
 :mod:`astrotl_clustertype.evaluate`.
 """
@@ -40,35 +41,8 @@ def _evaluate(args, out) -> int:
     return 0
 
 
-def _cv_parser(sub) -> None:
-    p = sub.add_parser(
-        "clustertype-cv", help="k-fold cross-validation on the real Stellarium cluster images (one run per fold)",
-        description="Fine-tune (or train) on the Stellarium cluster images with k-fold cross-validation: one "
-                    "astrotl run per fold, <name>_fold<i> in the task's output_dir, the folds made by the data "
-                    "set's n_folds / fold options (stratified, whole overlap groups; test = fold i, validation = "
-                    "fold i+1). Writes one row per fold to --out with the mean +- std and the pooled out-of-fold "
-                    "scores in its meta, and the pooled predictions next to it.")
-    p.add_argument("file", help="task file with data: {name: clustertype_stellarium}, e.g. tasks/clustertype_stellarium.yaml")
-    p.add_argument("--out", required=True, metavar="FILE.ecsv", help="per-fold table")
-    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a config value for every fold, e.g. --set backbone.weights=none (repeatable)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--overwrite", action="store_true", help="replace earlier fold runs and --out")
-    g.add_argument("--reuse", action="store_true", help="keep fold runs that finished with the same configuration")
-
-
-def _cv(args, out) -> int:
-    from .evaluate import cross_validate
-
-    res = cross_validate(args.file, args.registries, out=args.out, folds=args.folds, overrides=args.overrides,
-                         overwrite=args.overwrite, reuse=args.reuse)
-    out.write(f"{res.line}; wrote {args.out}\n")
-    return 0
-
-
 def _command(name, add_parser, run) -> SimpleNamespace:
     return SimpleNamespace(COMMAND=name, add_parser=add_parser, run=run, __name__=f"astrotl_clustertype.cli.{name}")
 
 
-COMMANDS = [_command("clustertype-evaluate", _evaluate_parser, _evaluate), _command("clustertype-cv", _cv_parser, _cv)]
+COMMANDS = [_command("clustertype-evaluate", _evaluate_parser, _evaluate)]

@@ -160,7 +160,8 @@ class ClustertypeStellariumConfig(ComponentConfig):
     include_nebulous: bool = Field(
         False, description="also use OpenNGC 'Cl+N' (star cluster + nebula) objects as open clusters; their "
                            "images are often dominated by the nebula (M42, IC 1396)")
-    split_fractions: tuple[float, float, float] = Field((0.6, 0.2, 0.2), description="train, val, test fractions")
+    split_fractions: tuple[float, float, float] = Field(
+        (0.6, 0.2, 0.2), description="train, val, test fractions of the overlap groups (seeded, stratified)")
     split_seed: int = Field(0, description="seed of the stratified split (independent of the run seed)")
     pixel_norm: Literal["dataset", "imagenet", "unit"] = Field(
         "dataset", description="x/255 then the training split's per-channel mean/std, ImageNet's, or none")
@@ -168,24 +169,11 @@ class ClustertypeStellariumConfig(ComponentConfig):
     bands: list[str] | None = Field(
         None, description="channel names (default L, or R,G,B); e.g. [DSS2_red] to apply a model trained on "
                           "clustertype_sim, whose one band has that name (the grey channel is not a DSS2 plate)")
-    n_folds: int | None = Field(
-        None, ge=3, le=20, description="k-fold cross-validation: split the labelled clusters into k stratified folds "
-                                       "of whole groups (overlapping images); test = fold, val = the next fold, "
-                                       "train = the other k - 2 (split_fractions is then ignored)")
-    fold: int = Field(0, ge=0, description="with n_folds: which fold is the test split (0 .. n_folds - 1)")
-
-    @model_validator(mode="after")
-    def _check_fold(self):
-        if self.n_folds is None and self.fold != 0:
-            raise ValueError(f"fold={self.fold} is set without n_folds; set data.n_folds (e.g. 5) too")
-        if self.n_folds is not None and self.fold >= self.n_folds:
-            raise ValueError(f"fold={self.fold} but n_folds={self.n_folds}; use fold 0 .. {self.n_folds - 1}")
-        return self
 
 
 #: Label-table columns carried into :meth:`ClustertypeStellariumDataset.catalog`.
 STELLARIUM_COLUMNS = ("ongc_type", "subtype", "designation", "messier", "ra", "dec", "fov_arcmin", "texture",
-                      "credit")
+                      "credit", "group")
 
 
 def overlap_groups(ra: np.ndarray, dec: np.ndarray, fov_arcmin: np.ndarray) -> np.ndarray:
@@ -193,7 +181,7 @@ def overlap_groups(ra: np.ndarray, dec: np.ndarray, fov_arcmin: np.ndarray) -> n
 
     Friends-of-friends on the sky: images ``i`` and ``j`` are linked when their centres lie closer than
     ``(fov_i + fov_j) / 2``, and a group is a connected set of links, so that a cluster seen in
-    another cluster's image never falls in another fold.
+    another cluster's image never falls in another split or cross-validation fold.
 
     Parameters
     ----------
@@ -235,59 +223,38 @@ def overlap_groups(ra: np.ndarray, dec: np.ndarray, fov_arcmin: np.ndarray) -> n
     return group
 
 
-def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Fold (0 .. n_folds - 1) of every labelled row, -1 for unlabelled rows (label < 0).
+def grouped_labels(labels_file: Path, cache_dir: Path) -> Path:
+    """``labels_file`` with a ``group`` column (the ``id`` of the first image of each :func:`overlap_groups`
+    group), written once into ``cache_dir/clustertype_stellarium/`` (named by the labels file's hash); the
+    Stellarium cache itself is left as it is."""
+    import hashlib
 
-    Whole groups go to one fold; each group counts for its most common label. Groups are dealt, class by
-    class in a seeded random order (largest first), to the fold holding the fewest rows of that class
-    (ties: fewest rows in all, then the lowest fold), so every fold keeps the class proportions.
+    from astrotl.io import write_table
 
-    Raises
-    ------
-    astrotl.errors.DataError
-        If a class has fewer groups than ``n_folds``.
-
-    Examples
-    --------
-    >>> f = stratified_group_folds(np.array([0] * 6 + [1] * 9), np.arange(15), 3, seed=0)
-    >>> [int(((f == k) & (np.arange(15) < 6)).sum()) for k in range(3)], np.bincount(f).tolist()
-    ([2, 2, 2], [5, 5, 5])
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    groups = np.asarray(groups)
-    folds = np.full(len(labels), -1, dtype=np.int64)
-    ok = labels >= 0
-    uniq, inverse = np.unique(groups[ok], return_inverse=True)
-    lab = labels[ok]
-    glabel = np.array([np.bincount(lab[inverse == g]).argmax() for g in range(len(uniq))], dtype=np.int64)
-    gsize = np.bincount(inverse, minlength=len(uniq))
-    rng = np.random.default_rng(seed)
-    per_class = np.zeros((n_folds, int(lab.max()) + 1 if len(lab) else 1), dtype=np.int64)
-    total = np.zeros(n_folds, dtype=np.int64)
-    gfold = np.full(len(uniq), -1, dtype=np.int64)
-    for c in np.unique(glabel):
-        members = np.flatnonzero(glabel == c)
-        if len(members) < n_folds:
-            raise DataError(f"class {int(c)} has only {len(members)} objects (groups) for n_folds={n_folds}; lower "
-                            f"data.n_folds")
-        members = rng.permutation(members)
-        members = members[np.argsort(-gsize[members], kind="stable")]
-        for g in members:
-            k = min(range(n_folds), key=lambda f: (per_class[f, c], total[f], f))
-            gfold[g] = k
-            per_class[k, c] += gsize[g]
-            total[k] += gsize[g]
-    folds[np.flatnonzero(ok)] = gfold[inverse]
-    return folds
+    data = labels_file.read_bytes()
+    dest = Path(cache_dir) / "clustertype_stellarium" / f"labels_{hashlib.sha256(data).hexdigest()[:16]}.ecsv"
+    if dest.is_file():
+        return dest
+    table = Table.read(labels_file, format="ascii.ecsv")
+    group = overlap_groups(np.asarray(table["ra"], float), np.asarray(table["dec"], float),
+                           np.asarray(table["fov_arcmin"], float))
+    ids = np.asarray(table["id"]).astype(str)
+    first = {}
+    for i, g in enumerate(group):
+        first.setdefault(int(g), ids[i])
+    table["group"] = [first[int(g)] for g in group]
+    table["group"].description = "overlap group: id of its first image (images whose footprints overlap share one)"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_table(dest, table)
+    return dest
 
 
 class ClustertypeStellariumDataset(ImageDataset):
     """Real open (0) and globular (1) cluster images: Stellarium's textures typed with OpenNGC (not DSS2).
 
-    With ``n_folds: k`` and ``fold: i`` the labelled clusters are split into ``k`` stratified folds of
-    whole groups (:func:`stratified_group_folds` of :func:`overlap_groups`, seeded by ``split_seed``):
-    the test split is fold ``i``, the validation split fold ``i + 1`` (mod ``k``), and training the rest.
-    ``pixel_norm: dataset`` then takes the mean and standard deviation of the fold's training images.
+    Images whose footprints overlap on the sky form one group (:func:`overlap_groups`; ``group`` column,
+    :meth:`groups`): the seeded, stratified splits keep each group whole, and so does the core's k-fold
+    cross-validation (``cv:`` in the task file, :mod:`astrotl.crossval`), which reads :meth:`groups`.
     """
 
     name = "clustertype_stellarium"
@@ -308,54 +275,24 @@ class ClustertypeStellariumDataset(ImageDataset):
         class_map = {"OCl": "open", "GCl": "globular"}
         if config.include_nebulous:
             class_map["Cl+N"] = "open"
-        inner = ImageFolderConfig(
-            root=str(folder), labels="labels.ecsv", file_col="file", id_col="id", label_col="ongc_type",
-            class_map=class_map, classes=list(CLASSES), class_descriptions=list(CLASS_DESCRIPTIONS),
-            extra_columns=list(STELLARIUM_COLUMNS), color=config.color, resize=config.size,
-            split_fractions=config.split_fractions, split_seed=config.split_seed,
-            pixel_norm="unit" if config.n_folds and config.pixel_norm == "dataset" else config.pixel_norm,
-            max_images=config.max_images, bands=config.bands,
-        )
-        self._rows: np.ndarray | None = None  # rows of the inner (all-row) data set in this split, with n_folds
         try:
-            self._inner = ImageFolderDataset(inner, split="predict" if config.n_folds else split, seed=seed,
-                                             cache_dir=cache_dir)
-            if config.n_folds:
-                self._setup_folds(split)
+            inner = ImageFolderConfig(
+                root=str(folder), labels=str(grouped_labels(folder / "labels.ecsv", cache_dir)), file_col="file",
+                id_col="id", label_col="ongc_type", class_map=class_map, classes=list(CLASSES),
+                class_descriptions=list(CLASS_DESCRIPTIONS), extra_columns=list(STELLARIUM_COLUMNS),
+                group_col="group", color=config.color, resize=config.size, split_fractions=config.split_fractions,
+                split_seed=config.split_seed, pixel_norm=config.pixel_norm, max_images=config.max_images,
+                bands=config.bands,
+            )
+            self._inner = ImageFolderDataset(inner, split=split, seed=seed, cache_dir=cache_dir)
         except DataError as exc:
             raise DataError(f"data (clustertype_stellarium): {exc}") from None
 
-    def _setup_folds(self, split: str) -> None:
-        c = self.config
-        cat = self._inner.catalog()
-        labels = np.asarray(self._inner.labels())
-        self._groups = overlap_groups(np.asarray(cat["ra"], float), np.asarray(cat["dec"], float),
-                                      np.asarray(cat["fov_arcmin"], float))
-        self._folds = stratified_group_folds(labels, self._groups, c.n_folds, c.split_seed)
-        test, val = c.fold, (c.fold + 1) % c.n_folds
-        pick = {"test": self._folds == test, "val": self._folds == val,
-                "train": (self._folds >= 0) & (self._folds != test) & (self._folds != val),
-                "predict": np.ones(len(labels), dtype=bool)}[split]
-        self._rows = np.flatnonzero(pick)
-        self._mean = self._std = None
-        if c.pixel_norm == "dataset":
-            train = np.flatnonzero(pick if split == "train" else
-                                   (self._folds >= 0) & (self._folds != test) & (self._folds != val))
-            x = np.asarray(self._inner.raw_images()[train], dtype=np.float32) / 255.0
-            self._mean = torch.as_tensor(x.mean(axis=(0, 2, 3)), dtype=torch.float32)[:, None, None]
-            self._std = torch.as_tensor(np.maximum(x.std(axis=(0, 2, 3)), 1e-3), dtype=torch.float32)[:, None, None]
-
     def __len__(self) -> int:
-        return len(self._inner) if self._rows is None else len(self._rows)
+        return len(self._inner)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._rows is None:
-            return self._inner[index]
-        sample = dict(self._inner[int(self._rows[index])])
-        sample["index"] = index
-        if self._mean is not None:
-            sample["image"] = (sample["image"] - self._mean) / self._std
-        return sample
+        return self._inner[index]
 
     def info(self) -> DatasetInfo:
         base = self._inner.info()
@@ -364,30 +301,19 @@ class ClustertypeStellariumDataset(ImageDataset):
                                                               "source": "stellarium-data nebula textures"})
 
     def catalog(self) -> Table:
-        """``id`` (OpenNGC name), ``file``, ``label_raw`` (OpenNGC type), ``class`` and :data:`STELLARIUM_COLUMNS`;
-        with ``n_folds`` also ``fold`` (-1: unlabelled) and ``group``."""
-        if self._rows is None:
-            return self._inner.catalog()
-        cat = self._inner.catalog()[self._rows]
-        cat["fold"] = self._folds[self._rows]
-        cat["group"] = self._groups[self._rows]
-        cat.meta.update(n_folds=self.config.n_folds, fold=self.config.fold)
-        return cat
+        """``id`` (OpenNGC name), ``file``, ``label_raw`` (OpenNGC type), ``class`` and :data:`STELLARIUM_COLUMNS`
+        (``group``: the overlap group)."""
+        return self._inner.catalog()
 
     def labels(self) -> np.ndarray:
         """Class index per image (0 open, 1 globular; -1 unlabelled, predict split only)."""
-        labels = np.asarray(self._inner.labels())
-        return labels if self._rows is None else labels[self._rows]
+        return np.asarray(self._inner.labels())
 
     def groups(self) -> np.ndarray:
-        """Overlap group of each image (:func:`overlap_groups`; every image its own group when none overlap)."""
-        if self._rows is None:
-            cat = self._inner.catalog()
-            return overlap_groups(np.asarray(cat["ra"], float), np.asarray(cat["dec"], float),
-                                  np.asarray(cat["fov_arcmin"], float))
-        return self._groups[self._rows]
+        """Overlap group of each image (text: the ``id`` of the group's first image; :func:`overlap_groups`).
+        Splits and cross-validation folds keep each group whole."""
+        return self._inner.groups()
 
     def raw_images(self) -> np.ndarray:
         """Resized, not normalised ``uint8`` images ``[N, C, size, size]``."""
-        raw = self._inner.raw_images()
-        return raw if self._rows is None else raw[self._rows]
+        return self._inner.raw_images()

@@ -189,6 +189,40 @@ def test_cv_runs_folds_ensemble_and_refit(cli, tmp_path, classes_dir):
     assert (run / "folds" / "0" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+def test_cv_test_fold_tests_every_sample_once(cli, tmp_path, classes_dir):
+    p = _write(tmp_path, classes_dir, "cvt", cv={"k": 3, "test": "fold", "seed": 1})
+    code, out, err = cli("run", p)
+    assert code == 0, err
+    assert "3-fold CV (each fold tested once): test accuracy" in out and "pooled out-of-fold (48): " in out
+    run = tmp_path / "runs" / "cvt"
+    m = json.loads((run / "metrics.json").read_text())
+    s = m["metrics"]
+    tested, groups_of = [], {}
+    labels = Table.read(classes_dir / "labels.csv", format="ascii.csv")
+    group = dict(zip(labels["id"].astype(str), labels["group"].astype(str)))
+    for i in ("0", "1", "2"):
+        f = m["folds"][i]
+        assert f["n_train"] + f["n_val"] + f["n_test"] == 48  # all three splits pooled (24 + 12 + 12)
+        preds = Table.read(run / "folds" / i / "predictions.ecsv")
+        assert len(preds) == f["n_test"]
+        tested += [str(x) for x in preds["id"]]
+        for x in preds["id"]:
+            groups_of.setdefault(group[str(x)], set()).add(i)
+    assert sorted(tested) == sorted(labels["id"].astype(str))  # every sample tested exactly once
+    assert all(len(v) == 1 for v in groups_of.values())  # groups whole: all images of an object in one test fold
+    pooled = Table.read(run / "predictions.ecsv")
+    assert len(pooled) == 48 and sorted(set(pooled["fold"])) == [0, 1, 2]
+    acc = float(np.mean(pooled["pred_class"] == pooled["true_class"]))
+    assert s["pooled_test_accuracy"] == pytest.approx(acc) and s["pooled_n_test"] == 48
+    accs = [m["folds"][i]["test_accuracy"] for i in ("0", "1", "2")]
+    assert s["test_accuracy_mean"] == pytest.approx(np.mean(accs))
+    report = (run / "report.md").read_text()
+    assert "every sample is tested once" in report and "**Pooled out-of-fold** (48 samples" in report
+    # fold i validates on fold i + 1: its validation samples are the next fold's test samples
+    v0 = json.loads((run / "folds" / "0" / "metrics.json").read_text())["metrics"]["n_val"]
+    assert v0 == m["folds"]["1"]["n_test"]
+
+
 def test_cv_errors_are_one_line(cli, tmp_path, classes_dir):
     p = _write(tmp_path, classes_dir, "bad", cv={"k": 2}, stages=[{"name": "a"}])
     code, _, err = cli("run", p)
@@ -199,6 +233,13 @@ def test_cv_errors_are_one_line(cli, tmp_path, classes_dir):
     p = _write(tmp_path, classes_dir, "bad3", cv={"k": 1})
     code, _, err = cli("run", p)
     assert code == 2 and "cv.k" in err
+    for cv, match in (({"k": 2, "test": "fold"}, "cv.test: fold needs k >= 3"),
+                      ({"k": 3, "test": "fold", "refit": True}, "no common test split"),
+                      ({"k": 3, "test": "fold", "keep": "ensemble"}, "no common test split")):
+        p = _write(tmp_path, classes_dir, "bad5", cv=cv)
+        code, _, err = cli("run", p)
+        assert code == 2 and match in err and err.count("\n") == 1 and err.startswith("astrotl: error: "), err
+        assert not (tmp_path / "runs" / "bad5").exists()
     p = _write(tmp_path, classes_dir, "bad4", trainer={"ema": 0.9, "swa": {"start": 0.5}})
     code, _, err = cli("run", p)
     assert code == 2 and "trainer.ema and trainer.swa are both set" in err

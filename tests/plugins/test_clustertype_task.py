@@ -1,4 +1,5 @@
-"""The clustertype task files, the Stellarium k folds and the real-image commands (clustertype-evaluate, -cv)."""
+"""The clustertype task files, the Stellarium overlap groups, cross-validation with the core's ``cv:`` and
+``astrotl clustertype-evaluate``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import yaml
 from astropy.table import Table
 from pydantic import ValidationError
 
-from astrotl.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS = REPO / "tasks"
@@ -108,68 +108,57 @@ def test_paper_recipe_without_imagenet_weights_is_a_one_line_error(cli, tmp_path
     assert not (tmp_path / "runs" / "clustertype_paper").exists()
 
 
-# -- the Stellarium folds ---------------------------------------------------------------------------------------
+# -- the Stellarium overlap groups ----------------------------------------------------------------------------
 
 
-def test_folds_cover_every_labelled_image_once(fake_cache):
-    tests, n = [], None
-    for fold in range(5):
-        parts = {s: _stel(fake_cache, s, n_folds=5, fold=fold) for s in ("train", "val", "test", "predict")}
-        ids = {s: set(parts[s].catalog()["id"]) for s in ("train", "val", "test")}
-        assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
-        assert len(ids["train"] | ids["val"] | ids["test"]) == 25  # Cl+N left out
-        assert len(parts["predict"]) == 27 and (parts["predict"].labels() == -1).sum() == 2
-        test = parts["test"]
-        # stratified: 2 of the 10 open and 3 of the 15 globular clusters per fold (the overlapping pair counts 2)
-        assert sorted(np.bincount(test.labels(), minlength=2).tolist()) in ([2, 3], [2, 4], [1, 3], [2, 2])
-        cat = test.catalog()
-        assert set(cat["fold"]) == {fold} and "group" in cat.colnames and cat.meta["n_folds"] == 5
-        assert set(parts["val"].catalog()["fold"]) == {(fold + 1) % 5}
-        tests += list(cat["id"])
-        sample = test[0]
-        assert sample["index"] == 0 and sample["image"].shape == (1, 16, 16)
-        train = parts["train"]
-        x = np.stack([train[i]["image"].numpy() for i in range(len(train))])
-        assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-2  # the fold's own training mean / std
-        n = n or len(train.groups())
-    assert sorted(tests) == sorted(f"NGC{1000 + i}" for i in range(25))
-    # the overlapping globulars (NGC1010, NGC1011) are one group: always in the same fold
-    pred = _stel(fake_cache, "predict", n_folds=5, fold=0).catalog()
-    pair = pred[np.isin(pred["id"], ["NGC1010", "NGC1011"])]
-    assert pair["group"][0] == pair["group"][1] and pair["fold"][0] == pair["fold"][1]
+def test_splits_keep_overlap_groups_whole(fake_cache):
+    parts = {s: _stel(fake_cache, s) for s in ("train", "val", "test", "predict")}
+    ids = {s: set(parts[s].catalog()["id"]) for s in ("train", "val", "test")}
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert len(ids["train"] | ids["val"] | ids["test"]) == 25  # Cl+N left out
+    assert len(parts["predict"]) == 27 and (parts["predict"].labels() == -1).sum() == 2
+    # the overlapping globulars (NGC1010, NGC1011) are one group, named by its first image, in one split
+    pred = parts["predict"]
+    groups = dict(zip(pred.catalog()["id"], pred.groups()))
+    assert groups["NGC1010"] == groups["NGC1011"] == "NGC1010" and groups["NGC1000"] == "NGC1000"
+    assert len(set(pred.groups())) == 26 and list(pred.catalog()["group"]) == list(pred.groups())
+    assert sum({"NGC1010", "NGC1011"} <= ids[s] for s in ids) == 1
+    for s in ("train", "val", "test"):
+        assert len(parts[s].groups()) == len(parts[s])
+    # the Stellarium cache is not written to: the grouped labels live in the data set cache
+    assert "group" not in Table.read(fake_cache / "clusters" / "labels.ecsv").colnames
 
 
-def test_folds_with_bands_and_nebulous(fake_cache):
-    ds = _stel(fake_cache, "test", n_folds=3, fold=2, include_nebulous=True, bands=["DSS2_red"])
-    assert ds.info().bands == ("DSS2_red",)
-    assert sum(len(_stel(fake_cache, "test", n_folds=3, fold=f, include_nebulous=True)) for f in range(3)) == 27
+def test_core_folds_keep_the_overlap_group_whole(fake_cache):
+    from astrotl.crossval import PooledDataset, fold_assignment
+
+    pooled = PooledDataset([_stel(fake_cache, s) for s in ("train", "val", "test")])
+    for seed in range(5):
+        folds = fold_assignment(pooled.labels(), 5, seed, pooled.groups())
+        ids = np.asarray(pooled.catalog()["id"])
+        assert folds[ids == "NGC1010"][0] == folds[ids == "NGC1011"][0]
+        assert np.bincount(folds).sum() == 25 and set(np.bincount(folds)) <= {4, 5, 6}  # 24 units: 23 images + 1 pair
 
 
-def test_fold_errors(fake_cache):
+def test_stellarium_has_no_fold_options_any_more(fake_cache):
     from astrotl_clustertype.dataset import ClustertypeStellariumConfig
 
-    with pytest.raises(ValidationError, match=r"fold=5 but n_folds=5; use fold 0 .. 4"):
-        ClustertypeStellariumConfig(n_folds=5, fold=5)
-    with pytest.raises(ValidationError, match=r"fold=1 is set without n_folds; set data.n_folds"):
-        ClustertypeStellariumConfig(fold=1)
-    with pytest.raises(ValidationError, match=r"greater than or equal to 3"):
-        ClustertypeStellariumConfig(n_folds=2)
-    with pytest.raises(DataError, match=r"data \(clustertype_stellarium\): class 0 has only 10 objects \(groups\) "
-                                        r"for n_folds=12; lower data.n_folds"):
-        _stel(fake_cache, "train", n_folds=12)
+    for key in ("n_folds", "fold"):
+        with pytest.raises(ValidationError, match=key):
+            ClustertypeStellariumConfig(**{key: 3})
 
 
-def test_fold_helpers_doctests():
+def test_dataset_doctests():
     import astrotl_clustertype.dataset as mod
 
     failures, tried = doctest.testmod(mod, verbose=False, optionflags=doctest.ELLIPSIS)
-    assert tried >= 3 and failures == 0
+    assert tried >= 1 and failures == 0
 
 
-def test_folds_are_seeded(fake_cache):
-    a = _stel(fake_cache, "test", n_folds=5, fold=0).catalog()["id"]
-    b = _stel(fake_cache, "test", n_folds=5, fold=0).catalog()["id"]
-    c = _stel(fake_cache, "test", n_folds=5, fold=0, split_seed=1).catalog()["id"]
+def test_splits_are_seeded(fake_cache):
+    a = _stel(fake_cache, "test").catalog()["id"]
+    b = _stel(fake_cache, "test").catalog()["id"]
+    c = _stel(fake_cache, "test", split_seed=1).catalog()["id"]
     assert list(a) == list(b) and list(a) != list(c)
 
 
@@ -212,10 +201,11 @@ def test_evaluate_a_simulation_run_on_stellarium_images(cli, tmp_path, fake_cach
     assert code == 2 and "is not an astrotl run directory" in err
 
 
-def _cv_task(tmp: Path, cache: Path) -> Path:
+def _cv_task(tmp: Path, cache: Path, k: int = 3) -> Path:
     cfg = yaml.safe_load((TASKS / "clustertype_stellarium.yaml").read_text())
     cfg.update(output_dir=str(tmp / "runs"), name="ct_cv")
     cfg["data"].update(root=str(cache), size=16)
+    cfg["cv"]["k"] = k
     cfg["backbone"]["weights"] = "none"
     cfg["trainer"].update(max_epochs=1, batch_size=8, num_threads=1, progress_bar=False, logger="none",
                           accelerator="cpu")
@@ -224,50 +214,62 @@ def _cv_task(tmp: Path, cache: Path) -> Path:
     return path
 
 
+def test_stellarium_task_uses_the_core_cv():
+    cfg = yaml.safe_load((TASKS / "clustertype_stellarium.yaml").read_text())
+    assert cfg["cv"] == {"k": 5, "test": "fold", "seed": 0}
+    assert "n_folds" not in cfg["data"] and "fold" not in cfg["data"]
+
+
 @pytest.mark.slow
-def test_cross_validation_runs_one_run_per_fold(cli, tmp_path, fake_cache):
-    task = _cv_task(tmp_path, fake_cache)
-    out = tmp_path / "cv.ecsv"
-    code, stdout, err = cli("-q", "clustertype-cv", task, "--folds", "3", "--out", out)
+def test_cross_validation_tests_every_real_image_once(cli, tmp_path, fake_cache):
+    code, stdout, err = cli("-q", "run", _cv_task(tmp_path, fake_cache))
     assert code == 0, err
-    assert stdout.startswith("3-fold CV of ct_cv (25 images): accuracy ") and "pooled out-of-fold: accuracy" in stdout
-    table = Table.read(out)
-    assert list(table["fold"]) == [0, 1, 2] and set(table["n_test"]) <= {8, 9}
-    assert sum(table["n_test"]) == 25
-    assert table.meta["folds"] == 3 and set(table.meta["mean_std"]) >= {"accuracy", "f1", "roc_auc"}
-    mean = table.meta["mean_std"]["accuracy"]["mean"]
-    assert mean == pytest.approx(float(np.mean(table["accuracy"])))
-    pooled = Table.read(tmp_path / "cv_predictions.ecsv")
-    assert sorted(pooled["id"]) == sorted(f"NGC{1000 + i}" for i in range(25))
-    assert table.meta["pooled_out_of_fold"]["n_evaluated"] == 25
+    assert "3-fold CV (each fold tested once): test accuracy " in stdout and "pooled out-of-fold (25): " in stdout
+    run = tmp_path / "runs" / "ct_cv"
+    m = json.loads((run / "metrics.json").read_text())
+    s = m["metrics"]
+    accs = [m["folds"][str(i)]["test_accuracy"] for i in range(3)]
+    assert s["test_accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert s["test_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
+    for key in ("balanced_accuracy", "f1", "roc_auc"):
+        assert f"test_{key}_mean" in s and f"test_{key}_std" in s and f"pooled_test_{key}" in s
+    assert s["pooled_n_test"] == 25
+    n_test = [m["folds"][str(i)]["n_test"] for i in range(3)]
+    assert sum(n_test) == 25 and set(n_test) <= {8, 9}
+    tested = []
     for i in range(3):
-        assert (tmp_path / "runs" / f"ct_cv_fold{i}" / "report.md").is_file()
-    # --reuse keeps the finished folds; without it the runs are in the way
-    stamp = (tmp_path / "runs" / "ct_cv_fold0" / "model.safetensors").stat().st_mtime_ns
-    code, stdout2, err = cli("-q", "clustertype-cv", task, "--folds", "3", "--out", out, "--reuse")
-    assert code == 2 and "already exists" in err  # --out is taken
-    code, stdout2, err = cli("-q", "clustertype-cv", task, "--folds", "3", "--out", tmp_path / "cv2.ecsv", "--reuse")
-    assert code == 0, err
-    assert (tmp_path / "runs" / "ct_cv_fold0" / "model.safetensors").stat().st_mtime_ns == stamp
-    assert stdout2.split(";")[0] == stdout.split(";")[0]
-    code, _, err = cli("-q", "clustertype-cv", task, "--folds", "3", "--out", tmp_path / "cv3.ecsv")
-    assert code == 2 and "already holds a finished run" in err and err.count("\n") == 1
+        preds = Table.read(run / "folds" / str(i) / "predictions.ecsv")
+        tested += list(preds["id"])
+        f = m["folds"][str(i)]
+        assert f["n_train"] + f["n_val"] + f["n_test"] == 25 and len(preds) == f["n_test"]
+    # every labelled image tested exactly once; the overlapping pair in one fold
+    assert sorted(tested) == sorted(f"NGC{1000 + i}" for i in range(25))
+    pooled = Table.read(run / "predictions.ecsv")
+    assert sorted(pooled["id"]) == sorted(tested) and "fold" in pooled.colnames
+    fold_of = dict(zip(pooled["id"], pooled["fold"]))
+    assert fold_of["NGC1010"] == fold_of["NGC1011"]
+    assert "Pooled out-of-fold" in (run / "report.md").read_text()
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--folds", "2"], r"--folds 2: use 3 to 20 folds"),
-    (["--set", "data.name=clustertype_sim"], r"clustertype-cv needs data: \{name: clustertype_stellarium\}"),
-    (["--out", "cv.txt"], r"--out 'cv.txt' must end in .ecsv"),
+@pytest.mark.parametrize("cv, match", [
+    ({"k": 2, "test": "fold"}, r"cv.test: fold needs k >= 3"),
+    ({"k": 3, "test": "fold", "keep": "ensemble"}, r"cv.test: fold tests each fold model on its own fold"),
+    ({"k": 3, "test": "fold", "refit": True}, r"cv.test: fold tests each fold model on its own fold"),
+    ({"k": 3, "test": "folds"}, r"cv.test"),
 ])
-def test_cross_validation_errors(cli, tmp_path, fake_cache, monkeypatch, args, match):
+def test_cross_validation_errors(cli, tmp_path, fake_cache, cv, match):
     import re
 
-    monkeypatch.chdir(tmp_path)
     task = _cv_task(tmp_path, fake_cache)
-    if "data.name=clustertype_sim" in args:  # the stellarium keys are not sim keys: use a sim task instead
-        task = _tiny_sim_task(tmp_path)
-        args = []
-    code, _, err = cli("clustertype-cv", task, "--out", "cv.ecsv", *args) if "--out" not in args else \
-        cli("clustertype-cv", task, *args)
-    assert code == 2 and err.count("\n") == 1 and re.search(match, err), err
+    cfg = yaml.safe_load(task.read_text())
+    cfg["cv"] = cv
+    task.write_text(yaml.safe_dump(cfg))
+    code, _, err = cli("run", task)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("astrotl: error: ") and re.search(match, err), err
     assert not (tmp_path / "runs").exists()
+
+
+def test_clustertype_cv_command_is_gone():
+    from astrotl_clustertype.cli import COMMANDS
+
+    assert [c.COMMAND for c in COMMANDS] == ["clustertype-evaluate"]
