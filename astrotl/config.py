@@ -66,6 +66,8 @@ class TrainerConfig(_Strict):
 
     max_epochs: int = Field(10, ge=1)
     max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1: no limit)")
+    min_steps: int = Field(0, ge=0, description="train at least this many optimiser steps: max_epochs is raised where "
+                           "the training split is small (e.g. a small train_subset); early stopping may end sooner")
     batch_size: int = Field(64, ge=1, description="per device")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     accelerator: str = Field("auto", description="cpu, gpu, mps or auto")

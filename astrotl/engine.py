@@ -401,6 +401,28 @@ def make_loader(ds, transform, cfg, *, task: Task | None = None, shuffle: bool =
                       collate_fn=collate, drop_last=drop_last)
 
 
+def epochs_for_min_steps(t, n_train: int, world_size: int = 1) -> int:
+    """``t.max_epochs``, raised to the epochs that make at least ``t.min_steps`` optimiser steps on ``n_train``
+    training samples (batches of ``t.batch_size`` per process, the last partial batch dropped when there is more
+    than one, ``accumulate_grad_batches``, an integer or fractional ``limit_train_batches``).
+
+    >>> from astrotl.config import TrainerConfig
+    >>> epochs_for_min_steps(TrainerConfig(max_epochs=6, batch_size=16, min_steps=100), 60)  # 3 steps per epoch
+    34
+    """
+    if t.min_steps <= 0 or n_train <= 0:
+        return t.max_epochs
+    per_process = math.ceil(n_train / max(1, world_size))
+    batches = per_process // t.batch_size if per_process > t.batch_size else 1
+    limit = t.limit_train_batches
+    if isinstance(limit, float) and limit <= 1.0:
+        batches = max(1, int(batches * limit))
+    elif limit is not None:
+        batches = min(batches, int(limit))
+    steps = max(1, math.ceil(batches / t.accumulate_grad_batches))
+    return max(t.max_epochs, math.ceil(t.min_steps / steps))
+
+
 def make_trainer(config: ResolvedConfig, rundir: RunDirectory | None, task: Task, callbacks: list[Callback],
                  ckpt_dir: Path | None) -> L.Trainer:
     t = config.run.trainer
@@ -638,6 +660,11 @@ def run_single(config: ResolvedConfig, registries: Registries, *, overwrite: boo
     history = HistoryCallback()
     # the trainer is made before the run directory is touched: bad trainer settings leave nothing behind
     trainer = make_trainer(config, rundir, asm.task, [history, *(callbacks or [])], rundir.checkpoints)
+    epochs = epochs_for_min_steps(r.trainer, len(asm.datasets["train"]), trainer.world_size)
+    if epochs != r.trainer.max_epochs:  # trainer.min_steps on a small training split
+        log.info("trainer.min_steps %d: %d epochs instead of max_epochs %d (%d training samples)", r.trainer.min_steps,
+                 epochs, r.trainer.max_epochs, len(asm.datasets["train"]))
+        trainer.fit_loop.max_epochs = module.max_epochs = epochs
     if main:
         rundir.prepare(overwrite=overwrite, resume=resume)
         write_text(rundir.path / "config.resolved.yaml", config.to_yaml())
