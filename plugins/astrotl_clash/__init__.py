@@ -11,11 +11,13 @@ Registers
   Perez-Carrasco et al. (2019) joined to FITS stamps a user supplies (``data.stamps_dir``);
 * ``clash_morphology`` -- the ``soft_labels`` task with the paper's RMSE loss, the RMSE per band
   (wavelength order, per class), a (galaxy, band) catalogue and the paper's definitions in the report
-  (:mod:`astrotl_clash.task`);
-* ``astrotl clash-label-efficiency OUT_DIR`` -- RMSE against the number of labelled CLASH-like galaxies,
-  fine-tuned from a pre-trained backbone versus trained from scratch (:mod:`astrotl_clash.label_efficiency`).
+  (:mod:`astrotl_clash.task`).
 
-Both yield ``{"image": [1, H, W], "target": [5], "votes": [5] (when known), "index"}`` for the
+The label-efficiency experiment (RMSE against the number of labelled CLASH-like galaxies, fine-tuned versus
+from scratch) needs no code of its own: it is ``astrotl compare tasks/clash_label_efficiency.yaml`` after
+``astrotl run tasks/clash_pretrain.yaml`` (docs/clash.md).
+
+Both data sets yield ``{"image": [1, H, W], "target": [5], "votes": [5] (when known), "index"}`` for the
 core's ``soft_labels`` task.
 """
 
@@ -34,10 +36,3 @@ def astrotl_register_tasks():
     from .task import ClashMorphologyTask
 
     return [ClashMorphologyTask]
-
-
-@hookimpl
-def astrotl_register_commands():
-    from . import label_efficiency
-
-    return [label_efficiency]
