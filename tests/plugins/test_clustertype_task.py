@@ -140,12 +140,15 @@ def test_core_folds_keep_the_overlap_group_whole(fake_cache):
         assert np.bincount(folds).sum() == 25 and set(np.bincount(folds)) <= {4, 5, 6}  # 24 units: 23 images + 1 pair
 
 
-def test_stellarium_has_no_fold_options_any_more(fake_cache):
+def test_stellarium_has_no_fold_options_any_more(cli, fake_cache):
     from astrotl_clustertype.dataset import ClustertypeStellariumConfig
 
     for key in ("n_folds", "fold"):
         with pytest.raises(ValidationError, match=key):
             ClustertypeStellariumConfig(**{key: 3})
+    code, _, err = cli("validate", TASKS / "clustertype_stellarium.yaml", "--set", "data.n_folds=5")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("astrotl: error: ") and "unknown key 'data.n_folds'" in err
 
 
 def test_dataset_doctests():
