@@ -190,6 +190,7 @@ def test_label_efficiency_grid_pairs_the_modes_by_seed():
     for key in ("task", "backbone", "head"):  # the same network and loss in both steps
         assert pre[key] == le[key], key
     assert pre["data"]["size"] == le["data"]["size"] and le["trainer"]["min_steps"] == 100
+    assert le["trainer"]["early_stopping"]["enabled"] is False  # early stopping would undo the floor on small subsets
 
 
 @pytest.mark.slow
