@@ -158,7 +158,9 @@ def test_methods_outputs_and_report(cli, corner_runs, tmp_path):
         with fits.open(out / samples["cam_file"][0]) as hdul:
             cam = hdul[0].data
             assert hdul[0].header["METHOD"] == method and hdul[0].header["TRUE"] == samples["true_class"][0]
-        assert cam.shape == (SIZE, SIZE) and cam.dtype == np.float32 and 0 <= cam.min() and cam.max() <= 1.0 + 1e-6
+        # FITS stores big-endian floats: compare the dtype whatever its byte order
+        assert cam.shape == (SIZE, SIZE) and cam.dtype.newbyteorder("=") == np.float32
+        assert 0 <= cam.min() and cam.max() <= 1.0 + 1e-6
         blob = samples[(samples["true_class"] == "blob") & (samples["pred_class"] == "blob")]
         q = np.array([_quadrants(fits.getdata(out / f)) for f in blob["cam_file"]])
         assert np.median(q[:, 0]) > 0.4 and np.mean(q.argmax(axis=1) == 0) >= 0.8, (method, q)
