@@ -109,6 +109,21 @@ def _replace_conv(parent: nn.Module, attr: str, in_chans: int) -> None:
     setattr(parent, attr, new)
 
 
+def band_permutation(trained, bands) -> list[int] | None:
+    """Indices that reorder weights trained on ``trained`` bands into the order of ``bands``, when both name the
+    same bands (case-insensitive, each once) in different orders; ``None`` otherwise.
+
+    >>> band_permutation(["i", "r", "g"], ["g", "r", "i"])
+    [2, 1, 0]
+    >>> band_permutation(["i", "r", "g"], ["u", "g", "r"]) is None
+    True
+    """
+    src = [str(b).lower() for b in trained]
+    dst = [str(b).lower() for b in bands]
+    if len(set(src)) != len(src) or sorted(src) != sorted(dst):
+        return None
+    return [src.index(b) for b in dst]
+
 class PretrainedBackbone(Backbone):
     """Base of astrotl's backbones: weights resolution, first-conv adaptation, fine-tuning.
 
@@ -231,9 +246,15 @@ class PretrainedBackbone(Backbone):
                                f"saved from another architecture: check the backbone name")
         trained = info.get("trained_bands")
         if w.shape[1] == self.in_chans:
-            if trained and list(trained) != list(self.bands) and self.in_chans != 3:
-                info["warning"] = (f"weights were trained on bands {list(trained)}, the data has {list(self.bands)}; "
-                                   f"the first convolution is used as is (same number of bands)")
+            if trained and list(trained) != list(self.bands):
+                order = band_permutation(trained, self.bands)
+                if order is not None:  # the same bands in another order (GZ1's i, r, g for g, r, i data)
+                    state = dict(state)
+                    state[key] = w[:, order].clone()
+                    info["first_conv"] = f"input channels reordered from bands {list(trained)} to {list(self.bands)}"
+                elif self.in_chans != 3:
+                    info["warning"] = (f"weights were trained on bands {list(trained)}, the data has "
+                                       f"{list(self.bands)}; the first convolution is used as is (same number of bands)")
             return state
         if w.shape[1] in (1, 3):
             state = dict(state)

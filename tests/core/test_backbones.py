@@ -252,6 +252,18 @@ def test_run_backbone_3_band_pretrain_to_5_band_task(regs, env, tmp_path):
         make(regs, "resnet18", weights=f"run:{run}")
 
 
+def test_same_bands_in_another_order_are_reordered(regs, env, tmp_path):
+    # GZ1 (i, r, g) weights on g, r, i data: the first convolution's input channels follow the bands, not the slots
+    pre = make(regs, "timm:resnet10t", in_chans=3, bands=("i", "r", "g"), weights="none")
+    run = _export(pre, tmp_path / "runs" / "gz1_pretrain", ("i", "r", "g"))
+    bb = make(regs, "timm:resnet10t", in_chans=3, bands=("g", "r", "i"), weights=f"run:{run}")
+    w0, w = pre.net.conv1[0].weight, bb.net.conv1[0].weight
+    assert torch.equal(w[:, 0], w0[:, 2]) and torch.equal(w[:, 1], w0[:, 1]) and torch.equal(w[:, 2], w0[:, 0])
+    assert "reordered from bands ['i', 'r', 'g'] to ['g', 'r', 'i']" in bb.weights_info["first_conv"]
+    same = make(regs, "timm:resnet10t", in_chans=3, bands=("i", "r", "g"), weights=f"run:{run}")
+    assert torch.equal(same.net.conv1[0].weight, w0)  # same order: untouched
+
+
 def test_file_with_other_band_count_is_refused(regs, env, tmp_path):
     four = make(regs, "timm:resnet10t", in_chans=4, bands=("a", "b", "c", "d"), weights="none")
     save_file(four.net.state_dict(), str(tmp_path / "four.safetensors"))
