@@ -1207,6 +1207,25 @@ def _unique(values) -> list[str]:
     return out
 
 
+def _verdict(r) -> str:
+    """The paired table's verdict: "A better" only where the paired t-test says so (p < 0.05).
+
+    >>> _verdict({"better": "gz1", "mean_diff": 0.028, "p_ttest": 0.13})
+    'not significant (gz1 ahead by 0.028, p = 0.13)'
+    >>> _verdict({"better": "gz1", "mean_diff": 0.055, "p_ttest": 0.007})
+    'gz1 better by 0.055'
+    """
+    if r["better"] == "neither":
+        return "no difference"
+    by = f"{abs(float(r['mean_diff'])):.3f}"
+    p = float(r["p_ttest"])
+    if math.isfinite(p) and p < 0.05:
+        return f"{r['better']} better by {by}"
+    if math.isfinite(p):
+        return f"not significant ({r['better']} ahead by {by}, p = {p:.2g})"
+    return f"too few pairs to tell ({r['better']} ahead by {by})"
+
+
 def _paired_row(axis: str, a: str, b: str, where: str, diffs: list[float], higher_is_better: bool) -> dict[str, Any]:
     import warnings
 
@@ -1646,10 +1665,9 @@ def write_report(plan: Plan, *, elapsed_s: float | None = None) -> Report:
     if len(paired):
         prow = []
         for r in paired:
-            verdict = "no difference" if r["better"] == "neither" else f"{r['better']} better"
             prow.append([str(r["axis"]), str(r["a"]), str(r["b"]), str(r["where"]), str(int(r["n_pairs"])),
                          _signed(r["mean_diff"]), _fmt(r["std_diff"]), _p(r["p_ttest"]), _p(r["p_sign"]),
-                         f"{verdict} by {abs(float(r['mean_diff'])):.3f}" if r["better"] != "neither" else verdict])
+                         _verdict(r)])
         doc.table(["axis", "A", "B", "at", "pairs", f"mean {hm}(A) − {hm}(B)", "std", "paired t-test p",
                    "sign test p", "verdict"], prow)
         n_min = int(min(paired["n_pairs"]))

@@ -584,3 +584,13 @@ def test_slurm_job_array_path_with_a_stand_in_cluster(cli, tmp_path, classes_dir
     assert arrays == [2]  # one job array for both cells
     state = json.loads((tmp_path / "runs" / "core_compare" / "compare.json").read_text())
     assert state["executor"] == "slurm" and all(rec["job_id"].startswith("DEBUG_") for rec in state["cells"].values())
+
+
+def test_paired_verdict_claims_a_winner_only_when_significant():
+    from astrotl.compare import _verdict
+
+    assert _verdict({"better": "gz1", "mean_diff": 0.055, "p_ttest": 0.007}) == "gz1 better by 0.055"
+    assert _verdict({"better": "gz1", "mean_diff": -0.028, "p_ttest": 0.13}) == \
+        "not significant (gz1 ahead by 0.028, p = 0.13)"
+    assert _verdict({"better": "b", "mean_diff": 0.1, "p_ttest": float("nan")}) == "too few pairs to tell (b ahead by 0.100)"
+    assert _verdict({"better": "neither", "mean_diff": 0.0, "p_ttest": float("nan")}) == "no difference"
