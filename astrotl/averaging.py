@@ -18,9 +18,33 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
+from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging as _LightningEMA
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 __all__ = ["averaging_callbacks", "SWAEpochAveraging", "EMAWeightAveraging"]
+
+
+def _fitting(trainer) -> bool:
+    """True inside ``trainer.fit`` (its validation epochs included); False in a later ``trainer.validate``."""
+    return trainer.state.fn == TrainerFn.FITTING
+
+
+class EMAWeightAveraging(_LightningEMA):
+    """Lightning's EMA callback, validating with the average only during ``fit``.
+
+    Lightning's keeps swapping its final average in at every validation epoch, also in a ``trainer.validate``
+    after ``fit``: the engine's post-training validation (``best_val_*`` in metrics.json and the report) then
+    scored the *last* average instead of the loaded best checkpoint. Same class name, so checkpoints resume.
+    """
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if _fitting(trainer):
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if _fitting(trainer):
+            super().on_validation_epoch_end(trainer, pl_module)
 
 
 class SWAEpochAveraging(WeightAveraging):
@@ -42,7 +66,7 @@ class SWAEpochAveraging(WeightAveraging):
         return m is not None and int(m.n_averaged) > 0
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._swapped = self._started()
+        self._swapped = self._started() and _fitting(trainer)
         if self._swapped:
             self._swap_models(pl_module)
 
