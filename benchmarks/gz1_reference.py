@@ -75,9 +75,13 @@ def d4(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.stack([torch.rot90(img, int(r), dims=(-2, -1)) for img, r in zip(x, k)])
 
 
+def recalls(true: np.ndarray, pred: np.ndarray, n_classes: int) -> list[float]:
+    """Recall of each class (NaN for a class absent from ``true``)."""
+    return [float((pred[true == c] == c).mean()) if (true == c).any() else float("nan") for c in range(n_classes)]
+
+
 def balanced_accuracy(true: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    recalls = [float((pred[true == c] == c).mean()) for c in range(n_classes) if (true == c).any()]
-    return float(np.mean(recalls))
+    return float(np.nanmean(recalls(true, pred, n_classes)))
 
 
 def reference_run(data, n_classes: int, seed: int, epochs: int = 15, batch_size: int = 64,
@@ -119,7 +123,8 @@ def reference_run(data, n_classes: int, seed: int, epochs: int = 15, batch_size:
             x = x_test[b:b + 256]
             probs.append(sum(torch.softmax(model(torch.rot90(x, k, dims=(-2, -1))), 1) for k in range(4)) / 4)
     pred = torch.cat(probs).argmax(1).numpy()
-    return {"accuracy": float((pred == y_test).mean()), "balanced_accuracy": balanced_accuracy(y_test, pred, n_classes)}
+    return {"accuracy": float((pred == y_test).mean()), "balanced_accuracy": balanced_accuracy(y_test, pred, n_classes),
+            "recall": recalls(y_test, pred, n_classes)}
 
 
 # -- astrotl's shipped task file --------------------------------------------------------------------
@@ -135,8 +140,11 @@ def astrotl_run(task: str, overrides: list[str], seed: int, out_dir: Path, threa
             f"trainer.num_threads={threads}", "trainer.progress_bar=false"]
     res = run(load_config(task, load_registries(), sets), load_registries(), overwrite=True)
     m = res.metrics
+    from astropy.table import Table
+
+    per_class = Table.read(res.path / "tables" / "per_class.ecsv")
     return {"accuracy": float(m["test_accuracy"]), "balanced_accuracy": float(m["test_balanced_accuracy"]),
-            "run": str(res.path)}
+            "recall": [float(r) for r in per_class["recall"]], "run": str(res.path)}
 
 
 def summary(values: list[float]) -> str:
@@ -172,7 +180,8 @@ def main(argv=None) -> int:
             r.update(seed=seed, wall_s=round(time.time() - t0, 1))
             results[side].append(r)
             print(f"{side:9s} seed {seed}: balanced accuracy {r['balanced_accuracy']:.3f}, accuracy "
-                  f"{r['accuracy']:.3f} ({r['wall_s']:.0f} s)", flush=True)
+                  f"{r['accuracy']:.3f}, recall per class {' '.join(f'{x:.2f}' for x in r['recall'])} "
+                  f"({r['wall_s']:.0f} s)", flush=True)
     print(f"\nGZ1 dev test split, {len(data['test'][1])} galaxies, task file {args.task}")
     for side, rows in results.items():
         if rows:

@@ -30,12 +30,24 @@ class ClassificationTaskConfig(ComponentConfig):
         "none", description="temperature: fit one temperature on the validation split after training (lowest NLL); "
                             "calibrated probabilities in predictions.ecsv, ECE before/after, reliability diagram")
     class_weights: Literal["none", "balanced"] = Field("none", description="weight the loss by inverse class frequency")
+    logit_adjustment: float = Field(
+        0.0, ge=0, description="train on logits + tau * log(class prior of the training split) (Menon et al. 2021; "
+                               "1.0 is their default): the unadjusted logits then predict as if every class were "
+                               "equally frequent, the rule that maximises balanced accuracy; an alternative to "
+                               "class_weights: balanced (not both)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     combine: dict[str, list[str]] = Field(
         default_factory=dict, description="combined classes to score too, e.g. {'1+2': ['1', '2']}")
     accuracy_vs: list[str] = Field(
         default_factory=list, description="catalogue columns to bin accuracy against (e.g. mag_F555W)")
     n_bins: int = Field(6, ge=2, description="bins for accuracy_vs (equal-count)")
+
+    @model_validator(mode="after")
+    def _one_imbalance_correction(self):
+        if self.class_weights != "none" and self.logit_adjustment > 0:
+            raise ValueError("class_weights: balanced and logit_adjustment both correct for class imbalance (together "
+                             "they correct twice); set class_weights: none or logit_adjustment: 0")
+        return self
 
     @model_validator(mode="after")
     def _combine_nonempty(self):
@@ -99,6 +111,7 @@ class ClassificationTask(Task):
 
             raise ConfigError(f"task.combine names classes {unknown} that the data set does not have; classes are {self.classes}")
         self._class_weight: torch.Tensor | None = None
+        self._logit_offset: torch.Tensor | None = None  # tau * log(prior), added to the logits in the training loss
         from ..symmetry import LabelSymmetry
 
         declared = config.label_symmetry
@@ -125,11 +138,14 @@ class ClassificationTask(Task):
         return model
 
     def set_class_counts(self, counts: np.ndarray) -> None:
-        """Called by the engine with the training-set class counts (for ``class_weights: balanced``)."""
+        """Called by the engine with the training-set class counts (``class_weights``, ``logit_adjustment``)."""
+        counts = np.maximum(np.asarray(counts, dtype=float), 1.0)
         if self.config.class_weights == "balanced":
-            counts = np.maximum(np.asarray(counts, dtype=float), 1.0)
             w = counts.sum() / (len(counts) * counts)
             self._class_weight = torch.as_tensor(w, dtype=torch.float32)
+        if self.config.logit_adjustment > 0:
+            prior = counts / counts.sum()
+            self._logit_offset = torch.as_tensor(self.config.logit_adjustment * np.log(prior), dtype=torch.float32)
 
     def batch_augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """One random element of the ``augment`` group per image; labels permuted by the label symmetry."""
@@ -146,7 +162,10 @@ class ClassificationTask(Task):
     def training_loss(self, model: nn.Module, batch: dict[str, Any]):
         logits = model(batch["image"])
         weight = self._class_weight.to(logits.device) if self._class_weight is not None else None
-        loss = nn.functional.cross_entropy(logits, batch["label"], weight=weight,
+        # logit adjustment: the loss sees logits + tau log(prior); the model's own logits (returned, and used by
+        # validation metrics and predictions) are then those of a uniform class prior
+        fitted = logits + self._logit_offset.to(logits) if self._logit_offset is not None else logits
+        loss = nn.functional.cross_entropy(fitted, batch["label"], weight=weight,
                                            label_smoothing=self.config.label_smoothing)
         return loss, logits
 

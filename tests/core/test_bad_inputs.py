@@ -217,6 +217,8 @@ case("run/--overwrite with --resume", "not allowed with argument")(
 case("run/run name escapes output_dir", "use letters, digits")(lambda c: ["run", c.task(), "--set", "name=../evil"])
 case("run/unknown task", "did you mean 'phangs_clusters'")(
     lambda c: ["run", c.task(task={"name": "phangs_cluster", "_replace": True})])
+case("run/class weights and logit adjustment together", "both correct for class imbalance")(
+    lambda c: ["run", c.task(task={"class_weights": "balanced", "logit_adjustment": 1.0})])
 case("run/data.classes twice", "data.classes has duplicates")(
     lambda c: ["run", c.task(data=c.folder_data(classes=["a", "b", "a"]))])
 

@@ -153,3 +153,54 @@ def test_run_writes_calibrated_predictions_reliability_diagram_and_predict_appli
     assert code == 0, err
     again = Table.read(tmp_path / "p.ecsv")
     assert np.allclose(np.asarray(again["p_long"]), np.asarray(preds["p_long"]), atol=1e-5)
+
+
+# -- logit adjustment (task.logit_adjustment): imbalance corrected in the loss, balanced decisions ----------
+
+
+def _imbalanced_fit(**task_keys):
+    """Logistic regression on two overlapping 1-D Gaussians (9:1), trained through the task's loss; returns
+    the balanced accuracy of argmax of the model's logits on a balanced test sample."""
+    from astrotl.interfaces import DatasetInfo
+    from astrotl.tasks.classification import ClassificationTask, ClassificationTaskConfig
+
+    g = torch.Generator().manual_seed(0)
+    n0, n1 = 1800, 200
+    x = torch.cat([torch.randn(n0, 1, generator=g), 1.5 + torch.randn(n1, 1, generator=g)])
+    y = torch.cat([torch.zeros(n0, dtype=torch.long), torch.ones(n1, dtype=torch.long)])
+    task = ClassificationTask(ClassificationTaskConfig(augment="none", **task_keys),
+                              DatasetInfo(bands=["x"], classes=["a", "b"], image_size=1))
+    task.set_class_counts(np.bincount(y.numpy()))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(400):
+        loss, _ = task.training_loss(lambda img: model(img), {"image": x, "label": y})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    xt = torch.cat([torch.randn(5000, 1, generator=g), 1.5 + torch.randn(5000, 1, generator=g)])
+    yt = torch.cat([torch.zeros(5000, dtype=torch.long), torch.ones(5000, dtype=torch.long)])
+    with torch.no_grad():
+        pred = model(xt).argmax(1)
+    recalls = [float((pred[yt == c] == c).float().mean()) for c in (0, 1)]
+    return float(np.mean(recalls)), recalls
+
+
+def test_logit_adjustment_gives_the_balanced_decision_rule():
+    plain, plain_recalls = _imbalanced_fit()
+    adjusted, adjusted_recalls = _imbalanced_fit(logit_adjustment=1.0)
+    # plain cross-entropy learns the 9:1 prior: the rare class is mostly missed
+    assert plain_recalls[1] < 0.4
+    # the adjusted logits put the boundary half-way (x = 0.75): both recalls ~ Phi(0.75) = 0.77
+    assert adjusted_recalls == pytest.approx([0.773, 0.773], abs=0.04)
+    assert adjusted > plain + 0.1
+
+
+def test_logit_adjustment_and_class_weights_are_not_combined():
+    from pydantic import ValidationError
+
+    from astrotl.tasks.classification import ClassificationTaskConfig
+
+    with pytest.raises(ValidationError, match="both correct for class imbalance"):
+        ClassificationTaskConfig(class_weights="balanced", logit_adjustment=1.0)

@@ -124,7 +124,19 @@ def test_npy_cache_matches_streaming(mosaic, cache_dir):
     assert list((cache_dir / "catalog_cutouts").glob("stack_*.npy"))
     for i in range(len(stream)):
         torch.testing.assert_close(stream[i]["image"], cached[i]["image"])
+    idx = list(range(len(stream)))[::-1]
+    for a, b in zip(stream.__getitems__(idx), cached.__getitems__(idx)):
+        torch.testing.assert_close(a["image"], b["image"])
+        assert a["index"] == b["index"] and a["label"] == b["label"]
     assert (stream.catalog()["nan_fraction"] == cached.catalog()["nan_fraction"]).all()
+    # the stack holds normalised images: another normalisation is another cache file, not a stale one
+    other = {"stretch": "linear", "clip": None}
+    stream2 = make(mosaic, cache_dir, label_col="cls", split="train", normalize=other)
+    cached2 = make(mosaic, cache_dir, label_col="cls", split="train", cache="npy", normalize=other)
+    assert len(list((cache_dir / "catalog_cutouts").glob("stack_*.npy"))) == 2
+    assert not torch.allclose(cached[0]["image"], cached2[0]["image"])
+    for i in range(len(stream2)):
+        torch.testing.assert_close(stream2[i]["image"], cached2[i]["image"])
 
 
 def test_init_reads_no_pixels_without_cache(mosaic, cache_dir, monkeypatch):
