@@ -430,8 +430,12 @@ def make_trainer(config: ResolvedConfig, rundir: RunDirectory | None, task: Task
     mode = task.monitor_mode if monitor == task.monitor else ("min" if "loss" in monitor else "max")
     cbs = list(callbacks)
     if ckpt_dir is not None:
-        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True,
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                    save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False))
+        # last.ckpt at the end of *every* epoch, for --resume: Lightning's save_last writes it only at epochs that
+        # also improved the monitored metric, so a run stopped after its best epoch resumed from that epoch
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                   auto_insert_metric_name=False, enable_version_counter=False))
     from .averaging import averaging_callbacks
 
     cbs += averaging_callbacks(t)  # trainer.ema / trainer.swa
@@ -523,17 +527,25 @@ def predictions_table(rows: list[dict[str, Any]] | Table, catalog: Table) -> Tab
     catalogue columns. Catalogue columns whose names clash with prediction columns get ``cat_``.
     """
     pred = rows if isinstance(rows, Table) else rows_table(rows)
+    one_per_sample = len(pred) == len(catalog) and "index" in pred.colnames \
+        and np.array_equal(np.asarray(pred["index"]), np.arange(len(catalog)))
+    # one row per sample in sample order (classification, regression): the columns side by side, without the
+    # join's copies and sort (at catalogue scale they set predict's peak memory)
     cat = catalog.copy(copy_data=True)
     cat["index"] = np.arange(len(cat))
     clash = [c for c in pred.colnames if c in cat.colnames and c != "index"]
     if clash:
         cat.rename_columns(clash, [f"cat_{c}" for c in clash])
-    if len(pred) == 0 and len(pred.colnames) == 1:
+    if one_per_sample:
+        for name in pred.colnames:
+            if name != "index":
+                cat[name] = pred[name]
+        out = cat
+    elif len(pred) == 0 and len(pred.colnames) == 1:
         out = cat
     else:
         out = join(cat, pred, keys="index", join_type="left")
-    keys = ["index", *[k for k in ("det_id",) if k in out.colnames]]
-    out.sort(keys, kind="stable")
+        out.sort(["index", *[k for k in ("det_id",) if k in out.colnames]], kind="stable")
     out.meta = dict(catalog.meta)
     return out
 

@@ -176,3 +176,39 @@ def test_numpy_random_states_in_a_checkpoint_load(tmp_path):
     got = AtomicCheckpointIO().load_checkpoint(f)
     assert got["np_rng"][0] == "MT19937" and np.array_equal(got["np_rng"][1], state[1])
     assert np.array_equal(got["arr"], np.arange(3.0)) and got["x"] == 2
+
+
+def test_engine_writes_last_ckpt_every_epoch_even_when_the_metric_got_worse(tmp_path):
+    """``--resume`` continues from the latest epoch: the engine's last.ckpt is rewritten at every epoch,
+    not only at the epochs that improved the monitored metric (Lightning's save_last does the latter)."""
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from astrotl.config import load_config
+    from astrotl.engine import make_trainer
+    from astrotl.plugins import load_registries
+    from testutils import TINY
+
+    import yaml
+
+    p = tmp_path / "t.yaml"
+    p.write_text(yaml.safe_dump({**TINY, "trainer": {**TINY["trainer"], "max_epochs": 3, "monitor": "val_score"}}))
+    cfg = load_config(p, load_registries(), [])
+
+    class Worse(BoringModel):  # the monitored score falls every epoch: only epoch 0 is the best
+        def validation_step(self, batch, batch_idx):
+            self.log("val_score", torch.tensor(1.0 / (1 + self.current_epoch)))
+            return super().validation_step(batch, batch_idx)
+
+    task = SimpleNamespace(monitor="val_loss", monitor_mode="min")
+    trainer = make_trainer(cfg, None, task, [], tmp_path / "checkpoints")
+    trainer.limit_train_batches, trainer.limit_val_batches = 2, 1
+    trainer.fit(Worse())
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert best["epoch"] == 0
+    assert last["epoch"] == 2
+    assert trainer.checkpoint_callback.best_model_path.endswith("best.ckpt")
+    assert sorted(x.name for x in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

@@ -186,6 +186,22 @@ def test_predictions_table_keeps_samples_without_rows_and_repeats_many():
     assert list(empty["id"]) == ["a", "b", "c"]
 
 
+def test_predictions_table_one_row_per_sample_equals_the_join():
+    """The side-by-side path (rows in sample order) gives the join's table and leaves the catalogue alone."""
+    cat = Table({"id": ["a", "b", "c", "d"], "x": [4.0, 3.0, 2.0, 1.0], "score": [1, 2, 3, 4]}, meta={"k": 1})
+    rows = [{"index": i, "score": s, "pred_class": c} for i, s, c in [(0, 0.1, "u"), (1, 0.2, "vv"), (2, 0.3, "u"),
+                                                                       (3, 0.4, "w")]]
+    side = predictions_table(rows, cat)
+    joined = predictions_table(rows[::-1], cat)  # out of order: the join path
+    assert side.colnames == joined.colnames == ["id", "x", "cat_score", "index", "score", "pred_class"]
+    for name in side.colnames:
+        assert list(side[name]) == list(joined[name]), name
+    assert side.meta == {"k": 1}
+    assert cat.colnames == ["id", "x", "score"] and list(cat["score"]) == [1, 2, 3, 4]
+    side["x"][0] = 99.0  # the output's columns are its own
+    assert cat["x"][0] == 4.0
+
+
 def test_load_run_checks_bands_and_classes(cli, tmp_path, classes_dir):
     from astrotl.errors import DataError
     from astrotl.interfaces import DatasetInfo
