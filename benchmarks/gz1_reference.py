@@ -18,6 +18,7 @@ Both report the test split's balanced accuracy (mean per-class recall) per seed,
     nice -n 10 python benchmarks/gz1_reference.py                       # seeds 0 1 2, tasks/gz1_morphology.yaml
     python benchmarks/gz1_reference.py --seeds 0 --only reference       # one side only
     python benchmarks/gz1_reference.py --json gz1_reference.json        # all numbers as JSON
+    python benchmarks/gz1_reference.py --table s0.json s1.json s2.json  # one table from per-seed runs
 
 The validation split is used by astrotl for checkpoint selection and temperature scaling; the reference
 ignores it (a plain script keeps its last epoch). Both see the same labelled training images.
@@ -152,6 +153,34 @@ def summary(values: list[float]) -> str:
     return f"{a.mean():.3f} +- {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
 
 
+def table(paths: list[str]) -> int:
+    """Print the per-seed table, the means and the paired differences of JSON files written by ``--json``."""
+    rows: dict[int, dict[str, dict]] = {}
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        for side, results in doc["results"].items():
+            for r in results:
+                rows.setdefault(int(r["seed"]), {})[side] = r
+    print("seed | reference: balanced accuracy (accuracy) | astrotl: balanced accuracy (accuracy) | astrotl - reference")
+    diffs = []
+    for seed in sorted(rows):
+        ref, ast = rows[seed].get("reference"), rows[seed].get("astrotl")
+        cell = [f"{r['balanced_accuracy']:.3f} ({r['accuracy']:.3f})" if r else "-" for r in (ref, ast)]
+        d = ast["balanced_accuracy"] - ref["balanced_accuracy"] if ref and ast else None
+        if d is not None:
+            diffs.append(d)
+        print(f"{seed} | {cell[0]} | {cell[1]} | {'-' if d is None else f'{d:+.3f}'}")
+    for side in ("reference", "astrotl"):
+        got = [rows[s][side] for s in sorted(rows) if side in rows[s]]
+        if got:
+            print(f"{side:9s} balanced accuracy {summary([r['balanced_accuracy'] for r in got])}, accuracy "
+                  f"{summary([r['accuracy'] for r in got])} (seeds {[r['seed'] for r in got]})")
+    if diffs:
+        wins = sum(d > 0 for d in diffs)
+        print(f"paired difference (astrotl - reference) {summary(diffs)}; astrotl higher on {wins} of {len(diffs)} seeds")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", default=str(REPO / "tasks" / "gz1_morphology.yaml"), help="astrotl task file (its data "
@@ -163,7 +192,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="folder for the astrotl runs (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write every number to this JSON file")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the side-by-side table of --json files (e.g. one "
+                   "per seed, run in parallel) and exit")
     args = p.parse_args(argv)
+    if args.table:
+        return table(args.table)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gz1_reference_"))
