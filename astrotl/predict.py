@@ -260,6 +260,9 @@ def _predict_rows(members: list[LoadedRun], names: list[str], dataset, start: in
                   batch_size: int | None, dev: torch.device, chunk: tuple[int, int] | None) -> Table:
     from .ensemble import class_codes, combine_predictions
 
+    from .allocator import keep_large_allocations
+
+    keep_large_allocations()  # forward passes reuse freed activation memory instead of faulting in fresh pages
     cfg = members[0].config
     total = len(dataset)
     info = dataset.info()
