@@ -9,8 +9,8 @@ maps fresh pages and takes a page fault per 4 KiB of them. Measured with ``bench
 9 % slower than the same models on a batch held in memory), and 0.959 with large blocks kept
 (benchmarks/README.md).
 
-:func:`keep_large_allocations` raises the mmap threshold to glibc's maximum (32 MiB on 64-bit) and the trim
-threshold, so freed activation memory is reused by the next batch. It does nothing (and returns False) on
+:func:`keep_large_allocations` fixes the mmap threshold at 32 MiB (the ceiling glibc's own adaptive threshold
+reaches on 64-bit systems) and raises the trim threshold, so freed activation memory is reused by the next batch. It does nothing (and returns False) on
 other C libraries or systems.
 """
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
+MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's DEFAULT_MMAP_THRESHOLD_MAX (its adaptive ceiling) on 64-bit systems
 TRIM_THRESHOLD = 256 * 1024 * 1024
 
 

@@ -258,9 +258,8 @@ def _predict_table(members: list[LoadedRun], names: list[str], *, split: str, ba
 
 def _predict_rows(members: list[LoadedRun], names: list[str], dataset, start: int, stop: int, *,
                   batch_size: int | None, dev: torch.device, chunk: tuple[int, int] | None) -> Table:
-    from .ensemble import class_codes, combine_predictions
-
     from .allocator import keep_large_allocations
+    from .ensemble import class_codes, combine_predictions
 
     keep_large_allocations()  # forward passes reuse freed activation memory instead of faulting in fresh pages
     cfg = members[0].config

@@ -20,13 +20,22 @@ def test_thresholds_are_accepted_and_set_once():
     assert libc.mallopt(-3, MMAP_THRESHOLD) == 1  # the value is one glibc takes
 
 
-def test_predict_sets_them(monkeypatch, tmp_path):
+def test_other_systems_are_left_alone(monkeypatch):
+    keep_large_allocations.cache_clear()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    try:
+        assert keep_large_allocations() is False
+    finally:
+        keep_large_allocations.cache_clear()
+
+
+def test_predict_sets_them(monkeypatch):
     """predict's loop asks for the thresholds before its first forward pass."""
     import astrotl.allocator as allocator
     import astrotl.predict as predict
 
     calls = []
     monkeypatch.setattr(allocator, "keep_large_allocations", lambda: calls.append(1) or True)
-    with pytest.raises(Exception):
+    with pytest.raises(IndexError):  # no members: stops right after the call
         predict._predict_rows([], [], None, 0, 0, batch_size=1, dev="cpu", chunk=None)
     assert calls == [1]
