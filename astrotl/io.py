@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,6 +268,210 @@ def write_table(path: str | os.PathLike, table: Table) -> Path:
     return dest
 
 
+def write_table_blocks(path: str | os.PathLike, blocks: Iterable[Table]) -> int:
+    """Write the tables ``blocks`` one after another as one table ``path`` (format from the suffix), atomically,
+    holding one block in memory at a time; return the number of rows written.
+
+    The file equals what :func:`write_table` writes for the blocks stacked (``vstack``): ECSV and CSV
+    get the first block's header (with its metadata) and every block's rows appended as text; FITS gets
+    one binary table whose string columns are as wide as the widest block needs -- the blocks are spooled
+    to a hidden temporary file next to ``path`` in their own FITS layout, then copied into the final
+    layout one block at a time. Later blocks' metadata is ignored. Blocks whose columns differ (names,
+    types, shapes) are stacked in memory instead (``vstack``, ``join_type="outer"``): correct, not flat.
+    If the iteration or a write fails, nothing is left at ``path`` (nor any temporary file).
+    """
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        if dest.suffix == ".fits":
+            return _write_fits_blocks(tmp, iter(blocks))
+        return _write_text_blocks(tmp, iter(blocks), TABLE_FORMATS.get(dest.suffix, "ascii.ecsv"))
+
+
+def _no_meta(block: Table) -> Table:
+    t = block.copy(copy_data=False)
+    t.meta = {}
+    return t
+
+
+def _text_parts(table: Table, fmt: str) -> tuple[str, str]:
+    """``(header, rows)`` of ``table`` written as ``fmt``: the comment lines and the column-name line, then the rest."""
+    buf = io.StringIO()
+    table.write(buf, format=fmt)
+    text = buf.getvalue()
+    pos = 0
+    while text.startswith("#", pos):
+        pos = text.index("\n", pos) + 1
+    pos = text.index("\n", pos) + 1  # the column names
+    return text[:pos], text[pos:]
+
+
+def _write_text_blocks(tmp: Path, blocks: Iterator[Table], fmt: str) -> int:
+    from astropy.table import vstack
+
+    first = next(blocks, None)
+    if first is None:
+        raise ValueError("write_table_blocks: no blocks to write")
+    signature = _text_parts(_no_meta(first[:0]), fmt)[0]
+    n = len(first)
+    with open(tmp, "w", newline="") as fh:
+        fh.write("".join(_text_parts(first, fmt)))
+        del first
+        for block in blocks:
+            head, rows = _text_parts(_no_meta(block), fmt)
+            if head != signature:  # other columns or types: stack what is written so far with the rest, in memory
+                fh.close()
+                done = Table.read(tmp, format=fmt)
+                stacked = vstack([done, block, *blocks], join_type="outer", metadata_conflicts="silent")
+                stacked.meta = done.meta  # the first block's, as on the streamed path
+                stacked.write(tmp, format=fmt, overwrite=True)
+                return len(stacked)
+            fh.write(rows)
+            n += len(block)
+    return n
+
+
+_FITS_BLOCK = 2880
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])(.*)$")
+_TFORM_BYTES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16, "P": 8, "Q": 16}
+
+
+def _fits_columns(header) -> list[tuple[str, int, str]] | None:
+    """``[(code, repeat, rest), ...]`` of a binary table header, or None when the layout cannot be re-packed
+    (a heap of variable-length arrays, or an unknown format)."""
+    if int(header.get("PCOUNT", 0)) != 0:
+        return None
+    cols = []
+    for i in range(1, int(header["TFIELDS"]) + 1):
+        m = _TFORM.match(str(header[f"TFORM{i}"]))
+        if m is None or m.group(2) in "PQ":
+            return None
+        cols.append((m.group(2), int(m.group(1) or 1), m.group(3)))
+    return cols
+
+
+def _fits_width(code: str, repeat: int) -> int:
+    return (repeat + 7) // 8 if code == "X" else repeat * _TFORM_BYTES[code]
+
+
+def _column_keys(header, n_fields: int) -> dict[str, Any]:
+    """The per-column keywords (TTYPE, TUNIT, TDIM, ...) except TFORM (string widths may differ) and TNULL."""
+    keys = {}
+    for card in header.cards:
+        m = re.match(r"^T([A-Z]+)(\d+)$", card.keyword)
+        if m and m.group(1) not in ("FORM", "NULL") and 1 <= int(m.group(2)) <= n_fields:
+            keys[card.keyword] = card.value
+    return keys
+
+
+def _merged_fits_header(headers: list) -> Any:
+    """The first block's header with the widest string formats, every block's TNULLs and the total row count;
+    None when the blocks' columns differ otherwise."""
+    first = headers[0]
+    cols = _fits_columns(first)
+    if cols is None:
+        return None
+    n_fields = len(cols)
+    keys = _column_keys(first, n_fields)
+    repeats = [r for _, r, _ in cols]
+    nulls: dict[str, Any] = {}
+    for h in headers:
+        other = _fits_columns(h)
+        if other is None or len(other) != n_fields or _column_keys(h, n_fields) != keys:
+            return None
+        for j, ((code, rep, rest), (c2, r2, rest2)) in enumerate(zip(cols, other)):
+            if code != c2 or rest != rest2:
+                return None
+            if rep != r2:
+                if code != "A" or f"TDIM{j + 1}" in keys:  # only plain strings may differ in width
+                    return None
+                repeats[j] = max(repeats[j], r2)
+        for j in range(1, n_fields + 1):
+            if f"TNULL{j}" in h:
+                if nulls.setdefault(f"TNULL{j}", h[f"TNULL{j}"]) != h[f"TNULL{j}"]:
+                    return None
+    final = first.copy()
+    for j, ((code, rep0, rest), rep) in enumerate(zip(cols, repeats), start=1):
+        if rep != rep0:
+            final[f"TFORM{j}"] = f"{rep}{code}{rest}"
+    for key, value in nulls.items():
+        if key not in final:
+            j = int(key[5:])
+            final.insert(f"TFORM{j}", (key, value), after=True)
+    final["NAXIS1"] = sum(_fits_width(c, r) for (c, _, _), r in zip(cols, repeats))
+    final["NAXIS2"] = sum(int(h["NAXIS2"]) for h in headers)
+    return final
+
+
+def _read_part(spool: Path, header, offset: int) -> Table:
+    """One spooled block back as a table (its own header and layout)."""
+    from astropy.io import fits
+
+    size = int(header["NAXIS1"]) * int(header["NAXIS2"])
+    with open(spool, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    blob = fits.PrimaryHDU().header.tostring().encode("ascii") + header.tostring().encode("ascii") + data
+    blob += b"\0" * (-len(blob) % _FITS_BLOCK)
+    with fits.open(io.BytesIO(blob)) as hl:
+        return Table.read(hl[1])
+
+
+def _write_fits_blocks(tmp: Path, blocks: Iterator[Table]) -> int:
+    import numpy as np
+    from astropy.io import fits
+
+    fd, spool_name = tempfile.mkstemp(prefix=f".{tmp.name}.", suffix=".tmp.spool", dir=tmp.parent)
+    spool = Path(spool_name)
+    try:
+        parts: list[tuple[Any, int, int]] = []  # (block header, offset in the spool, rows)
+        with os.fdopen(fd, "wb") as fh:
+            for i, block in enumerate(blocks):
+                buf = io.BytesIO()
+                fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(block if i == 0 else _no_meta(block))]).writeto(buf)
+                primary = len(fits.PrimaryHDU().header.tostring())
+                buf.seek(primary)
+                header = fits.Header.fromfile(buf)  # the extension's header, as written
+                start = buf.tell()
+                raw = buf.getbuffer()
+                size = int(header["NAXIS1"]) * int(header["NAXIS2"])
+                parts.append((header, fh.tell(), len(block)))
+                fh.write(raw[start:start + size])
+                del raw, buf, block
+        if not parts:
+            raise ValueError("write_table_blocks: no blocks to write")
+        final = _merged_fits_header([h for h, _, _ in parts])
+        if final is None:  # the blocks' columns differ: read them back and stack them in memory
+            from astropy.table import vstack
+
+            tables = [_read_part(spool, h, off) for h, off, _ in parts]
+            stacked = vstack(tables, join_type="outer", metadata_conflicts="silent")
+            stacked.meta = tables[0].meta
+            stacked.write(tmp, format="fits", overwrite=True)
+            return len(stacked)
+        cols = _fits_columns(final)
+        widths = [_fits_width(c, r) for c, r, _ in cols]
+        total = 0
+        with open(tmp, "wb") as out:
+            out.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+            out.write(final.tostring().encode("ascii"))
+            for header, off, n in parts:
+                src = [_fits_width(c, r) for c, r, _ in _fits_columns(header)]
+                raw = np.fromfile(spool, dtype=np.uint8, count=sum(src) * n, offset=off).reshape(n, sum(src))
+                row = np.zeros((n, sum(widths)), dtype=np.uint8)  # strings padded with NULs, as astropy writes them
+                a = b = 0
+                for w_src, w in zip(src, widths):
+                    row[:, b:b + w_src] = raw[:, a:a + w_src]
+                    a, b = a + w_src, b + w
+                out.write(row.tobytes())
+                total += n
+            pad = -(total * sum(widths)) % _FITS_BLOCK
+            out.write(b"\0" * pad)
+        return total
+    finally:
+        with contextlib.suppress(OSError):
+            spool.unlink()
+
+
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     import matplotlib.pyplot as plt
 
@@ -288,4 +493,4 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 __all__ = ["OutputError", "TEMP_PATTERN", "as_oserror", "add_recorder", "atomic_path", "check_output_file",
            "clean_temp_files", "make_dirs", "output_error", "record_output", "remove_recorder", "save_figure", "sha256_file",
-           "write_json", "write_table", "write_text"]
+           "write_json", "write_table", "write_table_blocks", "write_text"]

@@ -26,6 +26,14 @@ processes at once (on CPU, or one CUDA device each); each writes its part, and t
 into one catalogue in input order. ``chunk=(i, n)`` (``--chunk i/n``) predicts only the i-th of n
 contiguous chunks, for a SLURM job array; :func:`merge_chunks` (``astrotl predict --merge``) joins the
 chunk catalogues. A shard or chunk that fails names the samples it held and leaves no catalogue.
+
+Memory
+------
+The output is written in blocks of :data:`BLOCK_ROWS` samples as they are predicted
+(:func:`astrotl.io.write_table_blocks`; FITS string columns get the widest block's width), and
+``--merge`` streams the chunks one at a time, so neither holds the whole output catalogue: what
+grows with the catalogue's length is only the input catalogue itself. ``index`` is each sample's
+number in the data, also in a chunk, so merged chunks equal the catalogue of one whole run.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +53,7 @@ from astropy.table import Table
 
 from .engine import cache_dir_for, make_loader, predictions_table, rows_table
 from .errors import AstrotlError, ConfigError, DataError
-from .io import sha256_file, write_table
+from .io import sha256_file, write_table_blocks
 from .loadrun import LoadedRun, load_run
 
 log = logging.getLogger(__name__)
@@ -227,9 +235,15 @@ def _catalog(dataset, start: int, stop: int) -> Table:
     return cat if (start, stop) == (0, len(cat)) else cat[start:stop]
 
 
-def _predict_table(members: list[LoadedRun], names: list[str], *, split: str, batch_size: int | None,
-                   dev: torch.device, chunk: tuple[int, int] | None, label: str = "chunk") -> Table:
-    """Predict samples (all, or one chunk) with every member in one pass; return the output catalogue.
+#: Samples per block of the output catalogue: predict writes each block when it is done, so its memory does not
+#: grow with the catalogue's length (:func:`astrotl.io.write_table_blocks`).
+BLOCK_ROWS = 16384
+
+
+def _predict_blocks(members: list[LoadedRun], names: list[str], *, split: str, batch_size: int | None,
+                    dev: torch.device, chunk: tuple[int, int] | None, label: str = "chunk") -> Iterator[Table]:
+    """Predict samples (all, or one chunk) with every member in one pass; yield the output catalogue in blocks
+    of about :data:`BLOCK_ROWS` samples, in input order.
 
     In a chunk, any failure after the chunk's samples are known becomes one :class:`DataError` line
     ``"<label> i/n (samples a-b of N) failed: ..."``.
@@ -243,11 +257,13 @@ def _predict_table(members: list[LoadedRun], names: list[str], *, split: str, ba
     if stop <= start:
         raise DataError(f"--chunk {chunk[0]}/{chunk[1]} holds no samples: the data have only {total}; use at most "
                         f"{total} chunks")
+    blocks = _block_tables(members, names, dataset, start, stop, batch_size=batch_size, dev=dev, chunk=chunk)
     if not chunk:
-        return _predict_rows(members, names, dataset, start, stop, batch_size=batch_size, dev=dev, chunk=None)
+        yield from blocks
+        return
     where = f"{label} {chunk[0]}/{chunk[1]} ({_rows_text(start, stop, total)})"
     try:
-        return _predict_rows(members, names, dataset, start, stop, batch_size=batch_size, dev=dev, chunk=chunk)
+        yield from blocks
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:  # one line naming the samples of the chunk, whatever failed
@@ -256,14 +272,13 @@ def _predict_table(members: list[LoadedRun], names: list[str], *, split: str, ba
                         f"no catalogue written for it") from None
 
 
-def _predict_rows(members: list[LoadedRun], names: list[str], dataset, start: int, stop: int, *,
-                  batch_size: int | None, dev: torch.device, chunk: tuple[int, int] | None) -> Table:
+def _block_tables(members: list[LoadedRun], names: list[str], dataset, start: int, stop: int, *,
+                  batch_size: int | None, dev: torch.device, chunk: tuple[int, int] | None) -> Iterator[Table]:
+    """Samples ``[start, stop)`` through every member, one DataLoader pass; a catalogue table per block."""
     from .allocator import keep_large_allocations
-    from .ensemble import class_codes, combine_predictions
 
     keep_large_allocations()  # forward passes reuse freed activation memory instead of faulting in fresh pages
     cfg = members[0].config
-    total = len(dataset)
     info = dataset.info()
     models = []
     for m in members:
@@ -271,39 +286,67 @@ def _predict_rows(members: list[LoadedRun], names: list[str], dataset, start: in
         models.append((model.to(dev), task))
     if len(members) > 1 and any(t.eval_transform() is not None for _, t in models):
         raise DataError("ensemble members' tasks transform each sample before the model; predict them one at a time")
-    first_task = models[0][1]
-    part = _Chunk(dataset, start, stop)
-    loader = make_loader(part, first_task.eval_transform(), cfg.run.trainer, task=first_task, batch_size=batch_size)
-    collected = [_Rows() for _ in members]
-    with torch.inference_mode():
-        for batch in loader:
-            batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            for (model, task), rows in zip(models, collected):
-                rows.add(task.predict_batch(model, batch))
-    catalog = _catalog(dataset, start, stop)
     infos = [m.check_info(info) for m in members]
     meta = {"astrotl_run": str(members[0].path), "model_sha256": sha256_file(members[0].model_file),
             "bands": list(infos[0].bands), "classes": list(infos[0].classes or []),
             "targets": list(infos[0].targets or [])}
+    if len(members) > 1:
+        meta["astrotl_run"] = [str(m.path) for m in members]
+        meta["model_sha256"] = [sha256_file(m.model_file) for m in members]
+    if chunk:
+        meta.update({"chunk": f"{chunk[0]}/{chunk[1]}", "chunk_samples": [start, stop], "n_samples": len(dataset)})
+    first_task = models[0][1]
+    part = _Chunk(dataset, start, stop)
+    loader = make_loader(part, first_task.eval_transform(), cfg.run.trainer, task=first_task, batch_size=batch_size)
+    collected = [_Rows() for _ in members]
+    a = b = start  # the samples [a, b) are collected and not yet written
+    for batch in loader:
+        batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        with torch.inference_mode():
+            for (model, task), rows in zip(models, collected):
+                rows.add(task.predict_batch(model, batch))
+        b += len(batch["index"])
+        if b - a >= BLOCK_ROWS:
+            yield _block_table(members, names, infos, meta, dataset, start, a, b, collected)
+            collected = [_Rows() for _ in members]
+            a = b
+    if b > a or a == start:
+        yield _block_table(members, names, infos, meta, dataset, start, a, b, collected)
+    log.info("applied %d model(s) to %d samples%s", len(members), stop - start,
+             f" (chunk {chunk[0]}/{chunk[1]})" if chunk else "")
+
+
+def _block_table(members, names, infos, meta, dataset, start: int, a: int, b: int, collected: list[_Rows]) -> Table:
+    """The output catalogue of samples ``[a, b)``: their catalogue rows with the members' predictions; ``index``
+    is the sample's number in the data (``start`` is where the predicted samples begin)."""
+    from .ensemble import class_codes, combine_predictions
+
+    catalog = _catalog(dataset, a, b)
+    tables = []
+    for rows in collected:
+        t = rows.table()
+        if "index" in t.colnames:
+            t["index"] = np.asarray(t["index"]) - (a - start)  # 0 .. b - a - 1: rows of this block's catalogue
+        tables.append(t)
     if len(members) == 1:
-        table = predictions_table(collected[0].table(), catalog)
+        table = predictions_table(tables[0], catalog)
+        table["index"] = np.asarray(table["index"]) + a
     else:
-        tables = []
+        per_member = []
         id_col = "id" if "id" in catalog.colnames else None
-        ids = np.asarray(catalog[id_col]) if id_col else np.arange(start, stop)
-        for name, rows in zip(names, collected):
-            t = rows.table()
+        ids = np.asarray(catalog[id_col]) if id_col else np.arange(a, b)
+        for name, t in zip(names, tables):
             if len(t) != len(catalog) or not np.array_equal(np.asarray(t["index"]), np.arange(len(catalog))) \
                     or "pred_class" not in t.colnames:
                 raise DataError(f"member '{name}' did not predict exactly one class (pred_class) per sample; only "
                                 f"classifiers can be combined in one pass")
             keep = ["pred_class", *[c for c in t.colnames if c.startswith("p_")]]
-            tables.append(Table({"id": ids, **{c: t[c] for c in keep}}))
+            per_member.append(Table({"id": ids, **{c: t[c] for c in keep}}))
         numeric = class_codes(np.asarray(infos[0].classes or [], dtype=str))[1] is not None
-        if not numeric:
+        if not numeric and a == start:
             log.info("classes %s are not numbers: the ensemble gives the mode and quality factor, not mean/median/std",
                      list(infos[0].classes or []))
-        combined = combine_predictions(tables, names, numeric_stats=numeric)
+        combined = combine_predictions(per_member, names, numeric_stats=numeric)
         pos = np.searchsorted(np.asarray(combined["id"]), ids)  # combined is sorted by id; back to input order
         table = catalog.copy(copy_data=True)
         for col in combined.colnames:
@@ -314,15 +357,9 @@ def _predict_rows(members: list[LoadedRun], names: list[str], dataset, start: in
             if getattr(combined[col], "description", None):
                 table[name].description = combined[col].description
         table.meta = dict(catalog.meta)
-        meta["astrotl_run"] = [str(m.path) for m in members]
-        meta["model_sha256"] = [sha256_file(m.model_file) for m in members]
-        meta["ensemble"] = {**combined.meta["ensemble"], "paths": [str(m.path) for m in members]}
-        meta["references"] = combined.meta.get("references", [])
+        table.meta["ensemble"] = {**combined.meta["ensemble"], "paths": [str(m.path) for m in members]}
+        table.meta["references"] = combined.meta.get("references", [])
     table.meta.update(meta)
-    if chunk:
-        table.meta.update({"chunk": f"{chunk[0]}/{chunk[1]}", "chunk_samples": [start, stop], "n_samples": total})
-    log.info("applied %d model(s) to %d samples%s (%d rows)", len(members), stop - start,
-             f" (chunk {chunk[0]}/{chunk[1]})" if chunk else "", len(table))
     return table
 
 
@@ -388,9 +425,9 @@ def predict(run_dir: str | Path | Sequence[str | Path], registries, *, out: str 
     if n_proc > 1:
         return _predict_sharded(run_dirs, members, out, n_proc, registries=registries, overrides=overrides,
                                 data_file=data_file, batch_size=batch_size, dev=dev, split=split)
-    table = _predict_table(members, names, split=split, batch_size=batch_size, dev=dev, chunk=chunk)
-    write_table(out, table)
-    log.info("wrote %s (%d rows)", out, len(table))
+    rows = write_table_blocks(out, _predict_blocks(members, names, split=split, batch_size=batch_size, dev=dev,
+                                                   chunk=chunk))
+    log.info("wrote %s (%d rows)", out, rows)
     return out
 
 
@@ -426,10 +463,10 @@ def _shard_main(job: dict[str, Any]) -> dict[str, Any]:
         registries = _registries(job["plugins"])
         members = [load_run(d, registries, overrides=job["overrides"], data_file=job["data_file"])
                    for d in job["run_dirs"]]
-        table = _predict_table(members, job["names"], split=job["split"], batch_size=job["batch_size"],
-                               dev=torch.device(job["device"]), chunk=job["chunk"], label="shard")
-        write_table(job["part"], table)
-        return {"ok": True, "rows": len(table)}
+        rows = write_table_blocks(job["part"], _predict_blocks(
+            members, job["names"], split=job["split"], batch_size=job["batch_size"], dev=torch.device(job["device"]),
+            chunk=job["chunk"], label="shard"))
+        return {"ok": True, "rows": rows}
     except Exception as exc:  # reported by the parent as one line naming the shard's samples
         text = " ".join(str(exc).split()) or type(exc).__name__
         return {"ok": False, "error": text if isinstance(exc, AstrotlError) else f"{type(exc).__name__}: {text}"}
@@ -531,27 +568,17 @@ def merge_chunks(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
         A file is not a chunk catalogue, chunks are missing or repeated (naming the samples they
         hold), or the chunks come from different jobs.
     """
-    from astropy.table import vstack
-
     out = Path(out)
     _check_out(out, overwrite)
     if not paths:
         raise DataError("no chunk catalogues given; pass the files that astrotl predict --chunk i/n wrote")
-    parts: dict[int, Table] = {}
+    files: dict[int, Path] = {}
     n = total = None
+    first_meta: dict[str, Any] = {}
     ref: tuple[Any, Any] | None = None
-    for p in paths:
+    for p in paths:  # every chunk is read and checked before anything is written; one in memory at a time
         p = Path(p)
-        if not p.is_file():
-            raise DataError(f"chunk catalogue '{p}' does not exist; pass the files that astrotl predict --chunk wrote")
-        try:
-            t = Table.read(p, format="ascii.ecsv" if p.suffix == ".ecsv" else None)
-        except Exception as exc:  # astropy raises many kinds for a damaged file
-            raise DataError(f"cannot read chunk catalogue '{p}' ({type(exc).__name__}); rerun that chunk") from None
-        t.meta = {k.lower(): v for k, v in t.meta.items()}  # FITS headers upper-case short keys
-        if "chunk" not in t.meta:
-            raise DataError(f"'{p}' is not a chunk catalogue (no 'chunk' in its metadata); pass only files written "
-                            f"by astrotl predict --chunk i/n")
+        t = _read_chunk(p)
         i, ni = parse_chunk(str(t.meta["chunk"]))
         key = (t.meta.get("model_sha256"), t.meta.get("n_samples"))
         if n is None:
@@ -559,18 +586,41 @@ def merge_chunks(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
         elif ni != n or key != ref:
             raise DataError(f"'{p}' is chunk {i}/{ni} of another job (other n, models or data) than the first file's "
                             f"chunks of {n}; merge the chunks of one job only")
-        if i in parts:
+        if i in files:
             raise DataError(f"chunk {i}/{n} is given twice (again in '{p}'); pass each chunk once")
-        parts[i] = t
-    missing = [i for i in range(1, n + 1) if i not in parts]
+        files[i] = p
+        if i == 1:
+            first_meta = dict(t.meta)
+        del t
+    missing = [i for i in range(1, n + 1) if i not in files]
     if missing:
         i = missing[0]
         rows = _rows_text(*chunk_bounds(i, n, int(total)), int(total)) if total is not None else "its samples"
         raise DataError(f"chunk {i}/{n} ({rows}) is missing{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
                         f"rerun it (astrotl predict ... --chunk {i}/{n}) and merge again; no catalogue written")
-    merged = vstack([parts[i] for i in range(1, n + 1)], join_type="outer", metadata_conflicts="silent")
-    meta = {k: v for k, v in parts[1].meta.items() if k not in _CHUNK_META}
+    meta = {k: v for k, v in first_meta.items() if k not in _CHUNK_META}
     meta["merged_chunks"] = n
-    merged.meta = meta
-    write_table(out, merged)
+
+    def chunks() -> Iterator[Table]:
+        for i in range(1, n + 1):
+            t = _read_chunk(files[i])
+            t.meta = meta
+            yield t
+
+    write_table_blocks(out, chunks())
     return out
+
+
+def _read_chunk(p: Path) -> Table:
+    """A chunk catalogue, its metadata keys lower-case (FITS headers upper-case short keys)."""
+    if not p.is_file():
+        raise DataError(f"chunk catalogue '{p}' does not exist; pass the files that astrotl predict --chunk wrote")
+    try:
+        t = Table.read(p, format="ascii.ecsv" if p.suffix == ".ecsv" else None)
+    except Exception as exc:  # astropy raises many kinds for a damaged file
+        raise DataError(f"cannot read chunk catalogue '{p}' ({type(exc).__name__}); rerun that chunk") from None
+    t.meta = {k.lower(): v for k, v in t.meta.items()}
+    if "chunk" not in t.meta:
+        raise DataError(f"'{p}' is not a chunk catalogue (no 'chunk' in its metadata); pass only files written "
+                        f"by astrotl predict --chunk i/n")
+    return t

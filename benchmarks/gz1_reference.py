@@ -143,6 +143,14 @@ def astrotl_run(task: str, overrides: list[str], seed: int, out_dir: Path, threa
     m = res.metrics
     from astropy.table import Table
 
+    if "ensemble_test_balanced_accuracy" in m:  # cv: {keep: ensemble}: the k fold models' averaged probabilities
+        pred = Table.read(res.path / "predictions.ecsv")
+        classes = [c.removeprefix("p_") for c in pred.colnames if c.startswith("p_")]
+        true = np.array([classes.index(str(c)) for c in pred["true_class"]])
+        guess = np.array([classes.index(str(c)) for c in pred["pred_class"]])
+        return {"accuracy": float(m["ensemble_test_accuracy"]),
+                "balanced_accuracy": float(m["ensemble_test_balanced_accuracy"]),
+                "recall": recalls(true, guess, len(classes)), "run": str(res.path)}
     per_class = Table.read(res.path / "tables" / "per_class.ecsv")
     return {"accuracy": float(m["test_accuracy"]), "balanced_accuracy": float(m["test_balanced_accuracy"]),
             "recall": [float(r) for r in per_class["recall"]], "run": str(res.path)}

@@ -37,5 +37,5 @@ def test_predict_sets_them(monkeypatch):
     calls = []
     monkeypatch.setattr(allocator, "keep_large_allocations", lambda: calls.append(1) or True)
     with pytest.raises(IndexError):  # no members: stops right after the call
-        predict._predict_rows([], [], None, 0, 0, batch_size=1, dev="cpu", chunk=None)
+        next(predict._block_tables([], [], None, 0, 0, batch_size=1, dev="cpu", chunk=None))
     assert calls == [1]

@@ -11,7 +11,7 @@ from astropy.table import Table
 
 from astrotl.errors import OutputError
 from astrotl.io import (TEMP_PATTERN, atomic_path, check_output_file, clean_temp_files, save_figure, write_json,
-                        write_table, write_text)
+                        write_table, write_table_blocks, write_text)
 
 
 def _tree(root):
@@ -189,3 +189,97 @@ def test_write_table_roundtrip(tmp_path):
     t = Table({"a": np.arange(3)})
     write_table(tmp_path / "t.ecsv", t)
     assert list(Table.read(tmp_path / "t.ecsv")["a"]) == [0, 1, 2]
+
+
+def _block(i: int, n: int, width: int, multidim: bool = True) -> Table:
+    t = Table({"id": [f"{'x' * width}{j}" for j in range(n)], "ra": np.arange(n) * 1.5 + i,
+               "n": np.arange(n) + 10 * i, "ok": np.arange(n) % 2 == 0})
+    if multidim:
+        t["v"] = np.full((n, 3), float(i))
+    t["ra"].unit = "deg"
+    t.meta = {"run": "runs/a", "members": ["a", "b"], "block": i}
+    return t
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".csv", ".fits"])
+def test_blocks_write_the_file_of_the_stacked_table(tmp_path, suffix):
+    """Rows appended block by block give the very bytes of the stacked table (the first block's metadata),
+    also in FITS where a later block needs wider strings than the first."""
+    from astropy.table import vstack
+
+    blocks = [_block(0, 5, 1, suffix != ".csv"), _block(1, 3, 7, suffix != ".csv"), _block(2, 4, 2, suffix != ".csv")]
+    assert write_table_blocks(tmp_path / f"b{suffix}", iter(blocks)) == 12
+    whole = vstack(blocks, metadata_conflicts="silent")
+    whole.meta = dict(blocks[0].meta)
+    write_table(tmp_path / f"w{suffix}", whole)
+    assert (tmp_path / f"b{suffix}").read_bytes() == (tmp_path / f"w{suffix}").read_bytes()
+    assert list(Table.read(tmp_path / f"b{suffix}")["id"]) == list(whole["id"])
+    assert _tree(tmp_path) == [f"b{suffix}", f"w{suffix}"]  # no spool or temporary file left
+    if suffix == ".fits":
+        from astropy.io import fits
+
+        with fits.open(tmp_path / "b.fits") as hl:
+            hl.verify("exception")
+            assert hl[1].header["TFORM1"] == "8A" and hl[1].header["NAXIS2"] == 12
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_blocks_with_other_columns_are_stacked_in_memory(tmp_path, suffix):
+    """A block with other columns (e.g. an image without detections) still gives the outer-joined table."""
+    from astropy.table import vstack
+
+    a, b = _block(0, 3, 1), _block(1, 2, 1)
+    b.remove_column("n")
+    b["extra"] = [1.0, 2.0]
+    c = _block(2, 2, 4)
+    assert write_table_blocks(tmp_path / f"b{suffix}", [a, b, c]) == 7
+    got = Table.read(tmp_path / f"b{suffix}")
+    want = vstack([a, b, c], join_type="outer", metadata_conflicts="silent")
+    assert got.colnames == want.colnames and list(got["id"]) == list(want["id"])
+    assert {k.lower(): v for k, v in got.meta.items()}["members"] == ["a", "b"]  # the first block's metadata
+    assert np.ma.getmaskarray(got["extra"]).tolist() == [True] * 3 + [False] * 2 + [True] * 2
+    assert got["n"][0] == 0 and got["n"][5] == 20 and np.ma.getmaskarray(got["n"])[3]
+    assert _tree(tmp_path) == [f"b{suffix}"]
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_a_failing_block_leaves_nothing(tmp_path, suffix):
+    """The blocks come from a computation (predict): if it fails half-way, no file and no temporary remain."""
+    (tmp_path / f"out{suffix}").write_text("earlier output")
+
+    def blocks():
+        yield _block(0, 3, 1)
+        raise RuntimeError("sample 7 cannot be read")
+
+    with pytest.raises(RuntimeError, match="sample 7"):
+        write_table_blocks(tmp_path / f"out{suffix}", blocks())
+    assert _tree(tmp_path) == [f"out{suffix}"] and (tmp_path / f"out{suffix}").read_text() == "earlier output"
+    with pytest.raises(ValueError, match="no blocks"):
+        write_table_blocks(tmp_path / f"none{suffix}", [])
+    assert _tree(tmp_path) == [f"out{suffix}"]
+
+
+def test_full_disk_while_writing_blocks(tmp_path, monkeypatch):
+    """A full disk while blocks are written is one OutputError line; nothing is left."""
+    import builtins
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(builtins, "open", lambda f, mode="r", *a, **k: Full(real_open(f, mode, *a, **k))
+                        if "w" in mode else real_open(f, mode, *a, **k))
+    with pytest.raises(OutputError, match=r"^cannot write '.*out\.ecsv': No space left on device; the disk is full"):
+        write_table_blocks(tmp_path / "out.ecsv", [_block(0, 3, 1)])
+    assert _tree(tmp_path) == []

@@ -148,6 +148,7 @@ def test_chunks_merge_into_the_whole_catalogue(cli, members, tmp_path):
     assert list(a["id"]) == list(b["id"]) and list(a["pred_class"]) == list(b["pred_class"])
     np.testing.assert_allclose(a["p_2"], b["p_2"], atol=1e-6)
     np.testing.assert_array_equal(a["nan_fraction"], b["nan_fraction"])
+    np.testing.assert_array_equal(a["index"], b["index"])  # each sample's number in the data, also in a chunk
     assert "chunk" not in b.meta and b.meta["merged_chunks"] == 3
     # a missing chunk: named with its samples, nothing written
     total = t1.meta["n_samples"]
@@ -175,3 +176,26 @@ def test_bad_chunk_is_a_one_line_error(cli, members, tmp_path, chunk, match):
     code, _, err = cli("predict", members["a"], "--data", members["data"], "--chunk", chunk, "--out", out)
     assert code == 2 and err.count("\n") == 1 and re.search(match, err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_blocks_of_any_size_write_the_same_catalogue(cli, members, tmp_path, monkeypatch, suffix):
+    """predict writes its output in blocks (memory flat in the catalogue's length): blocks of 7 samples give the
+    bytes of one block (same batches), for a single model and for a one-pass ensemble."""
+    import astrotl.predict as predict_mod
+
+    for runs, name in (([members["a"]], "one"), ([members["a"], members["b"]], "ens")):
+        whole = tmp_path / f"{name}_whole{suffix}"
+        assert cli("predict", *runs, "--data", members["data"], "--batch-size", "4", "--out", whole)[0] == 0
+        monkeypatch.setattr(predict_mod, "BLOCK_ROWS", 7)
+        made, block_table = [], predict_mod._block_table
+        monkeypatch.setattr(predict_mod, "_block_table", lambda *a, **k: made.append(a[-2] - a[-3]) or block_table(*a, **k))
+        blocks = tmp_path / f"{name}_blocks{suffix}"
+        code, _, err = cli("predict", *runs, "--data", members["data"], "--batch-size", "4", "--out", blocks)
+        monkeypatch.undo()
+        assert code == 0, err
+        a = Table.read(whole)
+        assert made == [8, 8, 8, 6] and len(a) == 30  # blocks of two batches of 4 (>= 7 samples)
+        if name == "one":
+            assert list(a["index"]) == list(range(len(a)))
+        assert blocks.read_bytes() == whole.read_bytes()
