@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 
-from astrotl.errors import DataError
+from astrotl.errors import AstrotlError, DataError
 from astrotl.io import atomic_path
 
 __all__ = [
@@ -634,8 +634,8 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 raise DataError(f"no cluster set in '{cache}'; run {fetch_command(cache)}")
             labels = Table.read(path, format="ascii.ecsv")
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except AstrotlError as exc:  # one line, like astrotl's own commands
+        print(f"{ap.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(_counts(labels))
     return 0

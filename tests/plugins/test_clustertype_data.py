@@ -440,7 +440,9 @@ def test_cli(fake_nebulae, tmp_path, capsys):
     assert stel.main(["count", "--cache", str(tmp_path / "cache")]) == 0
     assert capsys.readouterr().out == printed
     rc = stel.main(["build", "--nebulae", str(tmp_path / "nope"), "--out", str(out)])
-    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err and err.count("\n") == 1
+    assert err.startswith("python -m astrotl_clustertype.stellarium: error: "), err  # one line, like astrotl's own
 
 
 # -- the real-image data set ---------------------------------------------------------------
@@ -518,3 +520,4 @@ def test_real_stellarium_cache(tmp_path, capsys):
     ds = ClustertypeStellariumDataset(ClustertypeStellariumConfig(root=str(cache), size=32), split="predict",
                                       seed=0, cache_dir=tmp_path)
     assert len(ds) == len(labels) and ds[0]["image"].shape == (1, 32, 32)
+
