@@ -39,3 +39,19 @@ def test_predict_sets_them(monkeypatch):
     with pytest.raises(IndexError):  # no members: stops right after the call
         next(predict._block_tables([], [], None, 0, 0, batch_size=1, dev="cpu", chunk=None))
     assert calls == [1]
+
+
+def test_training_sets_them(monkeypatch, tmp_path, _cache_dir):
+    """The engine's fit loop asks for them too (every process of a run, before its first training step)."""
+    import yaml
+
+    import astrotl.allocator as allocator
+    from astrotl.cli import main
+    from testutils import TINY
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_large_allocations", lambda: calls.append(1) or True)
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(dict(TINY, output_dir=str(tmp_path / "runs"))))
+    assert main(["-q", "run", str(p)]) == 0
+    assert calls == [1]
