@@ -204,3 +204,27 @@ def test_logit_adjustment_and_class_weights_are_not_combined():
 
     with pytest.raises(ValidationError, match="both correct for class imbalance"):
         ClassificationTaskConfig(class_weights="balanced", logit_adjustment=1.0)
+
+
+def test_class_weights_with_label_smoothing_weight_each_sample_by_its_own_class():
+    """Without smoothing: torch's weighted cross-entropy. With smoothing and strong weights (1 : 100), fitting the
+    logits of one majority-class sample still gives that class (p = 1 - s + s/K): torch's own weighting of the
+    smoothed target would put 0.92 on the rare class."""
+    from astrotl.tasks.classification import weighted_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(16, 3, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    w = torch.tensor([1.0, 5.0, 20.0])
+    torch.testing.assert_close(weighted_cross_entropy(logits, target, w, 0.0),
+                               torch.nn.functional.cross_entropy(logits, target, weight=w))
+    torch.testing.assert_close(weighted_cross_entropy(logits, target, None, 0.1),
+                               torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1))
+    weight = torch.tensor([1.0, 100.0])
+    fitted = torch.zeros(1, 2, requires_grad=True)
+    opt = torch.optim.Adam([fitted], lr=0.05)
+    for _ in range(600):
+        opt.zero_grad()
+        weighted_cross_entropy(fitted, torch.tensor([0]), weight, 0.2).backward()
+        opt.step()
+    p = torch.softmax(fitted.detach(), 1)[0]
+    assert abs(float(p[0]) - 0.9) < 0.01  # 1 - 0.2 + 0.2 / 2
