@@ -283,3 +283,19 @@ def test_full_disk_while_writing_blocks(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match=r"^cannot write '.*out\.ecsv': No space left on device; the disk is full"):
         write_table_blocks(tmp_path / "out.ecsv", [_block(0, 3, 1)])
     assert _tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_masked_values_first_seen_in_a_later_block(tmp_path, suffix):
+    """An image without detections masks its row's prediction columns: a later block may be the first with masked
+    values (FITS then needs the TNULL that only that block's header has). Still the bytes of the stacked table."""
+    from astropy.table import MaskedColumn, vstack
+
+    a = Table({"id": ["a", "b"], "k": np.array([1, 2]), "x": [1.0, 2.0], "s": ["p", "q"]})
+    b = Table({"id": ["c", "dd"], "k": MaskedColumn([3, 4], mask=[True, False]),
+               "x": MaskedColumn([3.0, 4.0], mask=[False, True]), "s": MaskedColumn(["r", "long"], mask=[True, False])})
+    write_table_blocks(tmp_path / f"b{suffix}", [a, b])
+    write_table(tmp_path / f"w{suffix}", vstack([a, b]))
+    assert (tmp_path / f"b{suffix}").read_bytes() == (tmp_path / f"w{suffix}").read_bytes()
+    got = Table.read(tmp_path / f"b{suffix}")
+    assert np.ma.getmaskarray(got["k"]).tolist() == [False, False, True, False]
