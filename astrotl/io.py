@@ -424,12 +424,12 @@ def _write_fits_blocks(tmp: Path, blocks: Iterator[Table]) -> int:
     spool = Path(spool_name)
     try:
         parts: list[tuple[Any, int, int]] = []  # (block header, offset in the spool, rows)
+        primary = fits.PrimaryHDU().header.tostring().encode("ascii")
         with os.fdopen(fd, "wb") as fh:
             for i, block in enumerate(blocks):
                 buf = io.BytesIO()
                 fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(block if i == 0 else _no_meta(block))]).writeto(buf)
-                primary = len(fits.PrimaryHDU().header.tostring())
-                buf.seek(primary)
+                buf.seek(len(primary))
                 header = fits.Header.fromfile(buf)  # the extension's header, as written
                 start = buf.tell()
                 raw = buf.getbuffer()
@@ -452,7 +452,7 @@ def _write_fits_blocks(tmp: Path, blocks: Iterator[Table]) -> int:
         widths = [_fits_width(c, r) for c, r, _ in cols]
         total = 0
         with open(tmp, "wb") as out:
-            out.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+            out.write(primary)
             out.write(final.tostring().encode("ascii"))
             for header, off, n in parts:
                 src = [_fits_width(c, r) for c, r, _ in _fits_columns(header)]

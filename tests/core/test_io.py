@@ -299,3 +299,19 @@ def test_masked_values_first_seen_in_a_later_block(tmp_path, suffix):
     assert (tmp_path / f"b{suffix}").read_bytes() == (tmp_path / f"w{suffix}").read_bytes()
     got = Table.read(tmp_path / f"b{suffix}")
     assert np.ma.getmaskarray(got["k"]).tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("suffix", [".ecsv", ".fits"])
+def test_files_of_an_unfinished_block_write_are_cleanable_temporaries(tmp_path, suffix):
+    """While blocks are written, the folder holds only hidden temporaries that clean_temp_files recognises (the
+    FITS spool too), so a killed predict leaves nothing that a later run cannot remove."""
+    seen = []
+
+    def blocks():
+        yield _block(0, 3, 1)
+        seen.extend(p.name for p in tmp_path.iterdir())
+        yield _block(1, 2, 5)
+
+    write_table_blocks(tmp_path / f"out{suffix}", blocks())
+    assert len(seen) == (2 if suffix == ".fits" else 1) and all(TEMP_PATTERN.match(n) for n in seen), seen
+    assert _tree(tmp_path) == [f"out{suffix}"]
