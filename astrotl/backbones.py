@@ -94,6 +94,11 @@ class BackboneConfig(ComponentConfig):
                                                          "0 = linear probe (all frozen but the head); null = all")
     lr_decay: float = Field(1.0, gt=0, le=1, description="layer-wise learning-rate decay: the head gets lr, the "
                                                          "top block lr*d, the next lr*d^2, ...")
+    stem_downsample: Literal[1, 2, 4] | None = Field(
+        None, description="how much the stem shrinks the image before the first block (ResNets): 4 = the "
+                          "architecture's own (stride-2 convolution + stride-2 max-pool), 2 = the first convolution at "
+                          "stride 1 (small stamps, 4x the compute), 1 = no max-pool either (16x); the same weights "
+                          "load at any value; null = what the weights were trained with (astrotl exports), else 4")
 
 
 #: Kept for code written against the first release.
@@ -144,6 +149,9 @@ class PretrainedBackbone(Backbone):
         super().__init__(config, in_chans=in_chans, bands=bands)
         state, info = self._resolve_weights(config)
         self.net = self.build_net(in_chans)
+        stem = config.stem_downsample or info.get("trained_stem_downsample")
+        if stem is not None:
+            self.set_stem_downsample(int(stem), explicit=config.stem_downsample is not None)
         if state is not None:
             state = self._adapt_state(strip_prefixes(state), info, config)
             info["load"] = load_into(self.net, state, source=info.get("path") or config.weights,
@@ -162,6 +170,23 @@ class PretrainedBackbone(Backbone):
 
     def classifier_prefixes(self) -> tuple[str, ...]:
         return ()
+
+    #: The stem's own downsampling factor (``stem_downsample``); ``None``: the backbone cannot change it.
+    native_stem_downsample: ClassVar[int | None] = None
+    stem_downsample: int | None = None
+
+    def set_stem_downsample(self, factor: int, *, explicit: bool = True) -> None:
+        """Make the stem shrink the input by ``factor`` (refused where the architecture has no such stem)."""
+        if self.native_stem_downsample is None:
+            if explicit:
+                raise ConfigError(f"backbone '{self.name}' has no adjustable stem, so backbone.stem_downsample does "
+                                  f"not apply; remove it, or use a ResNet (resnet18, resnet34, resnet50, resnet101)")
+            return
+        self._apply_stem_downsample(factor)
+        self.stem_downsample = factor
+
+    def _apply_stem_downsample(self, factor: int) -> None:
+        raise NotImplementedError
 
     def pretrained_request(self) -> WeightsRequest:
         """What ``weights: imagenet`` (and ``auto``) load."""
@@ -272,7 +297,8 @@ class PretrainedBackbone(Backbone):
         w = self.weights_info
         return {"backbone": self.arch_name or self.name, "pretrained_from": w.get("source"),
                 "pretrained_sha256": w.get("sha256"), "pretrained_path": w.get("path"),
-                "first_conv": w.get("first_conv"), "licence": w.get("licence")}
+                "first_conv": w.get("first_conv"), "licence": w.get("licence"),
+                "stem_downsample": self.stem_downsample or self.native_stem_downsample}
 
     # -- freezing ---------------------------------------------------------------------------
     def freeze(self, n_blocks: int) -> None:
@@ -323,6 +349,13 @@ class TorchvisionBackbone(PretrainedBackbone):
 
 
 class ResNetBackbone(TorchvisionBackbone):
+    native_stem_downsample = 4
+
+    def _apply_stem_downsample(self, factor: int) -> None:
+        n = self.net
+        n.conv1.stride = (2, 2) if factor == 4 else (1, 1)
+        n.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if factor in (2, 4) else nn.Identity()
+
     def build_net(self, in_chans: int) -> nn.Module:
         net = self._torchvision_net()
         _replace_conv(net, "conv1", in_chans)
@@ -342,7 +375,8 @@ class ResNetBackbone(TorchvisionBackbone):
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32), as torchvision's detection backbones."""
+        """Outputs of ``layer1`` .. ``layer4`` (strides 4, 8, 16, 32 with the native stem), as torchvision's detection
+        backbones."""
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         maps = []
@@ -355,7 +389,8 @@ class ResNetBackbone(TorchvisionBackbone):
     def feature_info(self) -> list[dict[str, int]]:
         n = self.net
         info = []
-        for stride, layer in zip((4, 8, 16, 32), (n.layer1, n.layer2, n.layer3, n.layer4)):
+        stem = self.stem_downsample or self.native_stem_downsample
+        for stride, layer in zip((stem, 2 * stem, 4 * stem, 8 * stem), (n.layer1, n.layer2, n.layer3, n.layer4)):
             last = layer[-1]
             norm = getattr(last, "bn3", None) or last.bn2  # Bottleneck ends in bn3, BasicBlock in bn2
             info.append({"channels": int(norm.num_features), "stride": stride})

@@ -90,7 +90,10 @@ class LoadedRun:
         task = task_cls(task_cfg, info)
         bb_cls, bb_cfg = cfg.component("backbone")
         if "weights" in type(bb_cfg).model_fields:
-            bb_cfg = bb_cfg.model_copy(update={"weights": "none"})  # the trained weights come from model.safetensors
+            update: dict = {"weights": "none"}  # the trained weights come from model.safetensors
+            if "stem_downsample" in type(bb_cfg).model_fields and self.meta.get("stem_downsample") is not None:
+                update["stem_downsample"] = int(self.meta["stem_downsample"])  # incl. one inherited from run: weights
+            bb_cfg = bb_cfg.model_copy(update=update)
         backbone = bb_cls(bb_cfg, in_chans=len(info.bands), bands=info.bands)
         head_cls, head_cfg = cfg.component("head")
         head = head_cls(head_cfg, in_features=backbone.num_features, out_features=task.output_dim())

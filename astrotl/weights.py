@@ -691,6 +691,8 @@ def describe(path: str | os.PathLike, *, source: str) -> dict[str, Any]:
         info["trained_bands"] = meta["bands"]
     if meta.get("backbone") is not None:
         info["trained_backbone"] = meta["backbone"]
+    if meta.get("stem_downsample") is not None:
+        info["trained_stem_downsample"] = int(meta["stem_downsample"])
     data = meta.get("data")
     if isinstance(data, dict):  # an astrotl export: the data set (and its normalisation) it was trained on
         info["trained_data"] = data.get("name")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -328,3 +329,79 @@ def test_vision_transformer_refuses_spatial_maps(regs, env):
                  lambda: bb.forward_features(torch.randn(1, 5, 224, 224))):
         with pytest.raises(ConfigError, match="vision transformer: its features are tokens .* use a convolutional backbone"):
             call()
+
+
+# -- the stem: how much a ResNet shrinks small stamps before its first block ---------------------------
+
+
+@pytest.mark.parametrize("factor, side", [(4, 2), (2, 4), (1, 8)])
+def test_stem_downsample_keeps_resolution_and_weights(regs, env, factor, side):
+    native = make(regs, "resnet18", weights="none").eval()
+    bb = make(regs, "resnet18", weights="none", stem_downsample=factor).eval()
+    bb.load_state_dict(native.state_dict())  # the same tensors: pretrained weights load at any stem
+    x = torch.randn(2, 5, 64, 64)
+    assert bb.forward_features(x).shape == (2, 512, side, side)  # 64 px / (stem x 8) at layer4
+    info = bb.feature_info
+    assert [d["stride"] for d in info] == [factor, 2 * factor, 4 * factor, 8 * factor]
+    for m, d in zip(bb.feature_maps(x), info):
+        assert m.shape[-1] == 64 // d["stride"]
+    assert bb.export_metadata()["stem_downsample"] == factor
+    if factor == 4:
+        assert torch.equal(bb(x), native(x))
+    assert make(regs, "resnet18", weights="none").export_metadata()["stem_downsample"] == 4
+
+
+def test_stem_downsample_is_refused_where_there_is_no_stem(regs, env):
+    with pytest.raises(ConfigError, match=r"backbone 'vgg11_bn' has no adjustable stem, so backbone.stem_downsample "
+                                          r"does not apply; remove it, or use a ResNet"):
+        make(regs, "vgg11_bn", weights="none", stem_downsample=2)
+    with pytest.raises(Exception, match="stem_downsample"):
+        make(regs, "resnet18", weights="none", stem_downsample=3)
+
+
+def test_stem_downsample_travels_with_the_weights(regs, env, tmp_path):
+    pre = make(regs, "resnet18", weights="none", stem_downsample=2)
+    run = _export(pre, tmp_path / "runs" / "pre", BANDS5)
+    save_file({f"net.{k}": v.contiguous() for k, v in pre.net.state_dict().items()},
+              str(run / "backbone.safetensors"),
+              metadata={"format": "astrotl", "backbone": "resnet18", "bands": json.dumps(list(BANDS5)),
+                        "in_chans": "5", "stem_downsample": "2"})
+    inherited = make(regs, "resnet18", weights=f"run:{run}")
+    assert inherited.stem_downsample == 2 and inherited.weights_info["trained_stem_downsample"] == 2
+    assert inherited.forward_features(torch.randn(1, 5, 32, 32)).shape[-1] == 2
+    assert make(regs, "resnet18", weights=f"run:{run}", stem_downsample=4).stem_downsample == 4  # the config wins
+
+
+def test_a_run_with_a_fine_stem_predicts_with_it(cli, tmp_path, _cache_dir):
+    import yaml
+    from astropy.table import Table
+
+    from testutils import TINY
+
+    cfg = dict(TINY, name="stem2", output_dir=str(tmp_path / "runs"),
+               backbone={"name": "resnet18", "weights": "none", "stem_downsample": 2})
+    (tmp_path / "stem2.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = cli("-q", "run", tmp_path / "stem2.yaml")
+    assert code == 0, err
+    run = tmp_path / "runs" / "stem2"
+    code, _, err = cli("predict", run, "--split", "test", "--out", tmp_path / "again.ecsv")
+    assert code == 0, err
+    a, b = Table.read(run / "predictions.ecsv"), Table.read(tmp_path / "again.ecsv")
+    cols = [c for c in a.colnames if c.startswith("p_")]
+    assert len(cols) == 4 and list(a["pred_class"]) == list(b["pred_class"])
+    assert np.allclose([a[c] for c in cols], [b[c] for c in cols], atol=1e-5)
+    # a fine-tuning stage on it gets the same stem without saying so
+    cfg2 = dict(TINY, name="child", output_dir=str(tmp_path / "runs"),
+                backbone={"name": "resnet18", "weights": f"run:{run}"})
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(cfg2))
+    code, _, err = cli("-q", "run", tmp_path / "child.yaml")
+    assert code == 0, err
+    from astrotl.weights import read_metadata
+
+    assert read_metadata(tmp_path / "runs" / "child" / "backbone.safetensors")["stem_downsample"] == 2
+    assert read_metadata(tmp_path / "runs" / "child" / "model.safetensors")["stem_downsample"] == 2
+    child = tmp_path / "runs" / "child"  # its config says nothing about the stem: predict reads it from the model
+    code, _, err = cli("predict", child, "--split", "test", "--out", tmp_path / "child.ecsv")
+    assert code == 0, err
+    a, b = Table.read(child / "predictions.ecsv"), Table.read(tmp_path / "child.ecsv")
+    assert np.allclose([a[c] for c in cols], [b[c] for c in cols], atol=1e-5)
