@@ -110,6 +110,9 @@ class TaskModule(L.LightningModule):
         # faulting in fresh pages every step (engine fit loop 0.92 -> 0.97 of the raw train step; benchmarks/README.md)
         keep_large_allocations()
 
+    def on_train_epoch_start(self):
+        self.task.set_progress(int(self.current_epoch), int(self.trainer.max_epochs))
+
     def on_train_batch_start(self, batch, batch_idx):
         # every random draw of a training step (dropout, augmentation) is a function of (seed, epoch, batch):
         # a run resumed from a checkpoint repeats the uninterrupted run exactly, whatever else drew

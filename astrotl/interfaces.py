@@ -296,6 +296,10 @@ class Task(Component, ABC):
         """
         return batch
 
+    def set_progress(self, epoch: int, max_epochs: int) -> None:
+        """Called by the engine at the start of every training epoch (``epoch`` counted from 0, also after a
+        resume), for losses that change during training (default: nothing)."""
+
     @abstractmethod
     def training_loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """Return ``(loss, outputs)`` for a training batch."""

@@ -49,6 +49,10 @@ class ClassificationTaskConfig(ComponentConfig):
         "none", description="temperature: fit one temperature on the validation split after training (lowest NLL); "
                             "calibrated probabilities in predictions.ecsv, ECE before/after, reliability diagram")
     class_weights: Literal["none", "balanced"] = Field("none", description="weight the loss by inverse class frequency")
+    class_weights_from: float = Field(
+        0.0, ge=0, lt=1, description="deferred re-weighting (Cao et al. 2019): the class weights apply from this "
+                                     "fraction of the training epochs on (e.g. 0.67); before it every image counts "
+                                     "alike while the features are learnt; 0 = weighted from the start")
     logit_adjustment: float = Field(
         0.0, ge=0, description="train on logits + tau * log(class prior of the training split) (Menon et al. 2021; "
                                "1.0 is their default): the unadjusted logits then predict as if every class were "
@@ -67,6 +71,13 @@ class ClassificationTaskConfig(ComponentConfig):
         if self.class_weights != "none" and self.logit_adjustment > 0:
             raise ValueError("class_weights: balanced and logit_adjustment both correct for class imbalance (together "
                              "they correct twice); set class_weights: none or logit_adjustment: 0")
+        return self
+
+    @model_validator(mode="after")
+    def _deferred_weights_need_weights(self):
+        if self.class_weights_from > 0 and self.class_weights == "none":
+            raise ValueError("class_weights_from defers class weights, but class_weights is none; set class_weights: "
+                             "balanced or remove class_weights_from")
         return self
 
     @model_validator(mode="after")
@@ -131,6 +142,7 @@ class ClassificationTask(Task):
 
             raise ConfigError(f"task.combine names classes {unknown} that the data set does not have; classes are {self.classes}")
         self._class_weight: torch.Tensor | None = None
+        self._weights_on = config.class_weights_from == 0  # deferred re-weighting switches them on in set_progress
         self._logit_offset: torch.Tensor | None = None  # tau * log(prior), added to the logits in the training loss
         from ..symmetry import LabelSymmetry
 
@@ -167,6 +179,10 @@ class ClassificationTask(Task):
             prior = counts / counts.sum()
             self._logit_offset = torch.as_tensor(self.config.logit_adjustment * np.log(prior), dtype=torch.float32)
 
+    def set_progress(self, epoch: int, max_epochs: int) -> None:
+        """Deferred re-weighting: class weights from epoch ``round(class_weights_from * max_epochs)`` on."""
+        self._weights_on = epoch >= round(self.config.class_weights_from * max_epochs)
+
     def batch_augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         """One random element of the ``augment`` group per image; labels permuted by the label symmetry."""
         if self.config.augment == "none":
@@ -181,7 +197,7 @@ class ClassificationTask(Task):
 
     def training_loss(self, model: nn.Module, batch: dict[str, Any]):
         logits = model(batch["image"])
-        weight = self._class_weight.to(logits.device) if self._class_weight is not None else None
+        weight = self._class_weight.to(logits.device) if self._class_weight is not None and self._weights_on else None
         # logit adjustment: the loss sees logits + tau log(prior); the model's own logits (returned, and used by
         # validation metrics and predictions) are then those of a uniform class prior
         fitted = logits + self._logit_offset.to(logits) if self._logit_offset is not None else logits

@@ -228,3 +228,63 @@ def test_class_weights_with_label_smoothing_weight_each_sample_by_its_own_class(
         opt.step()
     p = torch.softmax(fitted.detach(), 1)[0]
     assert abs(float(p[0]) - 0.9) < 0.01  # 1 - 0.2 + 0.2 / 2
+
+
+# -- deferred re-weighting (task.class_weights_from) ------------------------------------------------------
+
+
+def test_deferred_class_weights_switch_on_at_their_epoch():
+    """Unweighted before round(class_weights_from * max_epochs), the class-weighted loss from then on (also when
+    the engine calls set_progress again after a resume)."""
+    from astrotl.interfaces import DatasetInfo
+    from astrotl.tasks.classification import ClassificationTask, ClassificationTaskConfig
+
+    info = DatasetInfo(bands=["x"], classes=["a", "b"], image_size=1)
+    task = ClassificationTask(ClassificationTaskConfig(augment="none", class_weights="balanced",
+                                                       class_weights_from=0.67), info)
+    task.set_class_counts(np.array([9, 1]))
+    logits = torch.tensor([[2.0, 0.0], [0.5, 0.2], [0.0, 1.0], [1.0, -1.0]])
+    batch = {"image": logits, "label": torch.tensor([0, 0, 1, 0])}
+    plain = torch.nn.functional.cross_entropy(logits, batch["label"])
+    weighted = torch.nn.functional.cross_entropy(logits, batch["label"], weight=torch.tensor([10 / 18, 10 / 2]))
+    seen = []
+    for epoch in range(15):
+        task.set_progress(epoch, 15)
+        seen.append(float(task.training_loss(lambda x: x, batch)[0]))
+    assert seen[:10] == pytest.approx([float(plain)] * 10) and seen[10:] == pytest.approx([float(weighted)] * 5)
+    task.set_progress(3, 15)  # a resumed run starts again before the switch
+    assert float(task.training_loss(lambda x: x, batch)[0]) == pytest.approx(float(plain))
+    always = ClassificationTask(ClassificationTaskConfig(augment="none", class_weights="balanced"), info)
+    always.set_class_counts(np.array([9, 1]))
+    assert float(always.training_loss(lambda x: x, batch)[0]) == pytest.approx(float(weighted))  # no set_progress needed
+
+
+def test_deferred_class_weights_need_class_weights(cli, tmp_path):
+    from pydantic import ValidationError
+
+    from astrotl.tasks.classification import ClassificationTaskConfig
+    from testutils import TINY
+
+    cfg = dict(TINY, task={"name": "phangs_clusters", "class_weights_from": 0.5}, output_dir=str(tmp_path / "runs"))
+    (tmp_path / "drw.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, err = cli("run", tmp_path / "drw.yaml")
+    assert code == 2 and not (tmp_path / "runs").exists()
+    assert "class_weights_from defers class weights, but class_weights is none" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValidationError, match="less than 1"):
+        ClassificationTaskConfig(class_weights="balanced", class_weights_from=1.0)
+
+
+def test_the_engine_reports_training_progress_to_the_task(cli, tmp_path, monkeypatch):
+    from astrotl.tasks.classification import ClassificationTask
+    from testutils import TINY
+
+    calls = []
+    original = ClassificationTask.set_progress
+    monkeypatch.setattr(ClassificationTask, "set_progress",
+                        lambda self, epoch, max_epochs: (calls.append((epoch, max_epochs)), original(self, epoch, max_epochs)))
+    cfg = dict(TINY, task={"name": "phangs_clusters", "class_weights": "balanced", "class_weights_from": 0.5},
+               output_dir=str(tmp_path / "runs"), trainer={**TINY["trainer"], "max_epochs": 3})
+    (tmp_path / "drw.yaml").write_text(yaml.safe_dump(cfg))
+    code, _, err = cli("-q", "run", tmp_path / "drw.yaml")
+    assert code == 0, err
+    assert calls == [(0, 3), (1, 3), (2, 3)]
