@@ -164,6 +164,28 @@ def d4_augment(images: torch.Tensor, generator: torch.Generator | None = None) -
     return out
 
 
+def random_shift(images: torch.Tensor, max_shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shift each image of a batch ``[B, C, H, W]`` by random whole pixels, up to ``max_shift`` x its side.
+
+    Shifts are drawn uniformly in ``[-round(max_shift * H), round(max_shift * H)]`` (and the same for
+    ``W``) per image; the pixels shifted in repeat the edge (Keras' ``fill_mode="nearest"``).
+
+    Examples
+    --------
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> random_shift(x, 0.0).equal(x)
+    True
+    """
+    b, _, h, w = images.shape
+    sy, sx = int(round(max_shift * h)), int(round(max_shift * w))
+    if b == 0 or (sy == 0 and sx == 0):
+        return images
+    dy = torch.randint(-sy, sy + 1, (b,), generator=generator).tolist()
+    dx = torch.randint(-sx, sx + 1, (b,), generator=generator).tolist()
+    padded = torch.nn.functional.pad(images, (sx, sx, sy, sy), mode="replicate")
+    return torch.stack([padded[i, :, sy - dy[i]: sy - dy[i] + h, sx - dx[i]: sx - dx[i] + w] for i in range(b)])
+
+
 def list_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Collate for variable-size targets (detection): stack images, keep everything else as lists."""
     out: dict[str, Any] = {}

@@ -42,6 +42,9 @@ class ClassificationTaskConfig(ComponentConfig):
     label_symmetry: dict[str, dict[str, str]] | None = Field(
         None, description="what each class becomes under a left-right mirror and a quarter turn, e.g. {flip: {CW: ACW, "
                           "ACW: CW}}; unlisted classes are invariant (default: the data set's declaration, else all)")
+    max_shift: float = Field(
+        0.0, ge=0, lt=0.5, description="training augmentation: also shift each image by a random whole number of "
+                                       "pixels, up to max_shift x its side, in x and y (edges repeated)")
     tta: Literal["none", "flip", "flips", "rot90", "d4"] = Field(
         "none", description="test-time augmentation: average the probabilities over this symmetry group (un-permuted "
                             "by label_symmetry) in the test predictions and `astrotl predict`")
@@ -184,7 +187,12 @@ class ClassificationTask(Task):
         self._weights_on = epoch >= round(self.config.class_weights_from * max_epochs)
 
     def batch_augment(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
-        """One random element of the ``augment`` group per image; labels permuted by the label symmetry."""
+        """A random shift of up to ``max_shift`` x the side (labels unchanged), then one random element of the
+        ``augment`` group per image (labels permuted by the label symmetry)."""
+        if self.config.max_shift > 0:
+            from ..data import random_shift
+
+            batch["image"] = random_shift(batch["image"], self.config.max_shift, generator)
         if self.config.augment == "none":
             return batch
         from ..symmetry import draw_elements, transform_batch

@@ -47,7 +47,7 @@ from astropy.table import Table
 from pydantic import Field
 from torch import nn
 
-from ..data import d4_augment
+from ..data import d4_augment, random_shift
 from ..errors import ConfigError, DataError
 from ..interfaces import ComponentConfig, DatasetInfo, ImageDataset, Task
 
@@ -140,28 +140,6 @@ def dirichlet_multinomial_nll(alpha: torch.Tensor, votes: torch.Tensor) -> torch
     log_p = (torch.lgamma(a) + torch.lgamma(n + 1) - torch.lgamma(n + a)
              + (torch.lgamma(votes + alpha) - torch.lgamma(alpha) - torch.lgamma(votes + 1)).sum(dim=1))
     return -log_p
-
-
-def random_shift(images: torch.Tensor, max_shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Shift each image of a batch ``[B, C, H, W]`` by random whole pixels, up to ``max_shift`` x its side.
-
-    Shifts are drawn uniformly in ``[-round(max_shift * H), round(max_shift * H)]`` (and the same for
-    ``W``) per image; the pixels shifted in repeat the edge (Keras' ``fill_mode="nearest"``).
-
-    Examples
-    --------
-    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    >>> random_shift(x, 0.0).equal(x)
-    True
-    """
-    b, _, h, w = images.shape
-    sy, sx = int(round(max_shift * h)), int(round(max_shift * w))
-    if b == 0 or (sy == 0 and sx == 0):
-        return images
-    dy = torch.randint(-sy, sy + 1, (b,), generator=generator).tolist()
-    dx = torch.randint(-sx, sx + 1, (b,), generator=generator).tolist()
-    padded = nn.functional.pad(images, (sx, sx, sy, sy), mode="replicate")
-    return torch.stack([padded[i, :, sy - dy[i]: sy - dy[i] + h, sx - dx[i]: sx - dx[i] + w] for i in range(b)])
 
 
 # -- metric definitions (numpy; the test split) -----------------------------------------------------------

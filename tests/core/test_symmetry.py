@@ -213,6 +213,30 @@ def test_batch_augment_permutes_labels_with_the_drawn_transform():
     assert plain["label"].tolist() == labels.tolist()
 
 
+def test_max_shift_moves_images_before_the_symmetric_draw_and_keeps_labels():
+    from pydantic import ValidationError
+
+    from astrotl.data import random_shift
+
+    x = _img(shape=(32, 3, 10, 10))
+    labels = torch.tensor([0, 1, 2, 1] * 8)
+    task = _task(augment="d4", label_symmetry=GZ1_DECL, max_shift=0.2)
+    out = task.batch_augment({"image": x.clone(), "label": labels.clone()}, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)  # the same draws in the same order: shifts, then the D4 elements
+    shifted = random_shift(x, 0.2, gen)
+    elems = draw_elements("d4", 32, gen)
+    assert not torch.equal(shifted, x) and torch.equal(out["image"], transform_batch(shifted, elems))
+    mirrored = elems >= 4
+    expect = torch.where(mirrored & (labels == 1), 2, torch.where(mirrored & (labels == 2), 1, labels))
+    assert out["label"].tolist() == expect.tolist()
+    none = _task(augment="none", max_shift=0.2).batch_augment({"image": x.clone(), "label": labels.clone()},
+                                                             generator=torch.Generator().manual_seed(3))
+    assert torch.equal(none["image"], random_shift(x, 0.2, torch.Generator().manual_seed(3)))
+    assert none["label"].tolist() == labels.tolist()
+    with pytest.raises(ValidationError, match="max_shift"):
+        _task(max_shift=0.5)
+
+
 def test_label_symmetry_from_the_data_set_and_bad_task_keys():
     from astrotl.interfaces import DatasetInfo
     from astrotl.tasks.classification import ClassificationTask

@@ -12,7 +12,8 @@ import torch
 import yaml
 from astropy.table import Table
 
-from astrotl.tasks.soft_labels import SoftLabelsTask, SoftLabelsTaskConfig, random_shift, soft_label_scores
+from astrotl.data import random_shift
+from astrotl.tasks.soft_labels import SoftLabelsTask, SoftLabelsTaskConfig, soft_label_scores
 from astrotl_clash.simulate import CLASH_BANDS, CLASSES
 from astrotl_clash.task import ClashMorphologyTask, ClashMorphologyTaskConfig, band_order, stamp_mean_rmse
 from testutils import REPO
