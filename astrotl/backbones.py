@@ -149,6 +149,7 @@ class PretrainedBackbone(Backbone):
         super().__init__(config, in_chans=in_chans, bands=bands)
         state, info = self._resolve_weights(config)
         self.net = self.build_net(in_chans)
+        self.stem_downsample = self.native_stem_downsample
         stem = config.stem_downsample or info.get("trained_stem_downsample")
         if stem is not None:
             self.set_stem_downsample(int(stem), explicit=config.stem_downsample is not None)
@@ -173,10 +174,10 @@ class PretrainedBackbone(Backbone):
 
     #: The stem's own downsampling factor (``stem_downsample``); ``None``: the backbone cannot change it.
     native_stem_downsample: ClassVar[int | None] = None
-    stem_downsample: int | None = None
 
     def set_stem_downsample(self, factor: int, *, explicit: bool = True) -> None:
-        """Make the stem shrink the input by ``factor`` (refused where the architecture has no such stem)."""
+        """Make the stem shrink the input by ``factor`` (refused where the architecture has no such stem);
+        ``self.stem_downsample`` is then ``factor`` (the native factor until called, ``None`` without a stem)."""
         if self.native_stem_downsample is None:
             if explicit:
                 raise ConfigError(f"backbone '{self.name}' has no adjustable stem, so backbone.stem_downsample does "
@@ -298,7 +299,7 @@ class PretrainedBackbone(Backbone):
         return {"backbone": self.arch_name or self.name, "pretrained_from": w.get("source"),
                 "pretrained_sha256": w.get("sha256"), "pretrained_path": w.get("path"),
                 "first_conv": w.get("first_conv"), "licence": w.get("licence"),
-                "stem_downsample": self.stem_downsample or self.native_stem_downsample}
+                "stem_downsample": self.stem_downsample}
 
     # -- freezing ---------------------------------------------------------------------------
     def freeze(self, n_blocks: int) -> None:
@@ -389,7 +390,7 @@ class ResNetBackbone(TorchvisionBackbone):
     def feature_info(self) -> list[dict[str, int]]:
         n = self.net
         info = []
-        stem = self.stem_downsample or self.native_stem_downsample
+        stem = self.stem_downsample
         for stride, layer in zip((stem, 2 * stem, 4 * stem, 8 * stem), (n.layer1, n.layer2, n.layer3, n.layer4)):
             last = layer[-1]
             norm = getattr(last, "bn3", None) or last.bn2  # Bottleneck ends in bn3, BasicBlock in bn2

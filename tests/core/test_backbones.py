@@ -227,10 +227,11 @@ def test_zoobot_finetuned_lightning_checkpoint(regs, env, tmp_path):
 # -- weights: earlier runs and files --------------------------------------------------------------
 
 
-def _export(bb, run: Path, data_bands) -> Path:
+def _export(bb, run: Path, data_bands, **extra_meta: str) -> Path:
     run.mkdir(parents=True)
     meta = {"format": "astrotl", "backbone": bb.arch_name, "bands": json.dumps(list(data_bands)),
-            "in_chans": str(bb.in_chans), "data": json.dumps({"name": "image_folder", "pixel_norm": "dataset"})}
+            "in_chans": str(bb.in_chans), "data": json.dumps({"name": "image_folder", "pixel_norm": "dataset"}),
+            **extra_meta}
     save_file({f"net.{k}": v.contiguous() for k, v in bb.net.state_dict().items()}, str(run / "backbone.safetensors"),
               metadata=meta)
     return run
@@ -361,11 +362,7 @@ def test_stem_downsample_is_refused_where_there_is_no_stem(regs, env):
 
 def test_stem_downsample_travels_with_the_weights(regs, env, tmp_path):
     pre = make(regs, "resnet18", weights="none", stem_downsample=2)
-    run = _export(pre, tmp_path / "runs" / "pre", BANDS5)
-    save_file({f"net.{k}": v.contiguous() for k, v in pre.net.state_dict().items()},
-              str(run / "backbone.safetensors"),
-              metadata={"format": "astrotl", "backbone": "resnet18", "bands": json.dumps(list(BANDS5)),
-                        "in_chans": "5", "stem_downsample": "2"})
+    run = _export(pre, tmp_path / "runs" / "pre", BANDS5, stem_downsample="2")
     inherited = make(regs, "resnet18", weights=f"run:{run}")
     assert inherited.stem_downsample == 2 and inherited.weights_info["trained_stem_downsample"] == 2
     assert inherited.forward_features(torch.randn(1, 5, 32, 32)).shape[-1] == 2
