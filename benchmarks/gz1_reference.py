@@ -153,7 +153,20 @@ def astrotl_run(task: str, overrides: list[str], seed: int, out_dir: Path, threa
                 "recall": recalls(true, guess, len(classes)), "run": str(res.path)}
     per_class = Table.read(res.path / "tables" / "per_class.ecsv")
     return {"accuracy": float(m["test_accuracy"]), "balanced_accuracy": float(m["test_balanced_accuracy"]),
-            "recall": [float(r) for r in per_class["recall"]], "run": str(res.path)}
+            "recall": [float(r) for r in per_class["recall"]], "run": str(res.path),
+            "val_balanced_accuracy": m.get("best_val_balanced_acc")}
+
+
+def val_score(result: dict) -> float | None:
+    """The validation balanced accuracy of an astrotl run's kept checkpoint: from the JSON, else (files written before
+    it was recorded) from the run folder's metrics.json while that folder exists; None when neither has it."""
+    if result.get("val_balanced_accuracy") is not None:
+        return float(result["val_balanced_accuracy"])
+    metrics = Path(result.get("run", "")) / "metrics.json"
+    if result.get("run") and metrics.is_file():
+        value = json.loads(metrics.read_text()).get("metrics", {}).get("best_val_balanced_acc")
+        return None if value is None else float(value)
+    return None
 
 
 def summary(values: list[float]) -> str:
@@ -183,6 +196,11 @@ def table(paths: list[str]) -> int:
         if got:
             print(f"{side:9s} balanced accuracy {summary([r['balanced_accuracy'] for r in got])}, accuracy "
                   f"{summary([r['accuracy'] for r in got])} (seeds {[r['seed'] for r in got]})")
+    val = {s: val_score(rows[s]["astrotl"]) for s in sorted(rows) if "astrotl" in rows[s]}
+    known = {s: v for s, v in val.items() if v is not None}
+    if known:  # what a choice between astrotl recipes may look at (the test column may not be used to choose)
+        print(f"astrotl   validation balanced accuracy of the kept checkpoint {summary(list(known.values()))} "
+              f"(seeds {list(known)})")
     if diffs:
         wins = sum(d > 0 for d in diffs)
         print(f"paired difference (astrotl - reference) {summary(diffs)}; astrotl higher on {wins} of {len(diffs)} seeds")
