@@ -199,8 +199,12 @@ def table(paths: list[str]) -> int:
     val = {s: val_score(rows[s]["astrotl"]) for s in sorted(rows) if "astrotl" in rows[s]}
     known = {s: v for s, v in val.items() if v is not None}
     if known:  # what a choice between astrotl recipes may look at (the test column may not be used to choose)
-        print(f"astrotl   validation balanced accuracy of the kept checkpoint {summary(list(known.values()))} "
-              f"(seeds {list(known)})")
+        line = (f"astrotl   validation balanced accuracy of the kept checkpoint {summary(list(known.values()))} "
+                f"(seeds {list(known)})")
+        if len(known) >= 3:  # does a seed's validation score say anything about its test score?
+            test = [rows[s]["astrotl"]["balanced_accuracy"] for s in known]
+            line += f"; correlation with the test score over seeds {np.corrcoef(list(known.values()), test)[0, 1]:+.2f}"
+        print(line)
     if diffs:
         wins = sum(d > 0 for d in diffs)
         print(f"paired difference (astrotl - reference) {summary(diffs)}; astrotl higher on {wins} of {len(diffs)} seeds")

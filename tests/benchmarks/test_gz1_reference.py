@@ -29,7 +29,11 @@ def test_table_pairs_seeds_across_files_and_reports_validation(tmp_path, capsys)
     assert "0 | 0.500 (0.600) | 0.550 (0.600) | +0.050" in out
     assert "1 | 0.600 (0.700) | 0.580 (0.700) | -0.020" in out
     assert "paired difference (astrotl - reference) 0.015 +- 0.049; astrotl higher on 1 of 2 seeds" in out
-    assert "validation balanced accuracy of the kept checkpoint 0.550 +- 0.071 (seeds [0, 1])" in out
+    assert "validation balanced accuracy of the kept checkpoint 0.550 +- 0.071 (seeds [0, 1])\n" in out  # 2 seeds: no r
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({"results": {"astrotl": [_result(2, 0.50, 0.6, val_balanced_accuracy=0.70)]}}))
+    assert R.main(["--table", str(a), str(b), str(c)]) == 0  # validation 0.5, 0.6, 0.7 against test 0.55, 0.58, 0.50
+    assert "(seeds [0, 1, 2]); correlation with the test score over seeds -0.62" in capsys.readouterr().out
     # the run folder gone and nothing in the JSON: no validation line rather than a made-up one
     (run / "metrics.json").unlink()
     b.write_text(json.dumps({"results": {"astrotl": [_result(1, 0.58, 0.7, run=str(run))]}}))
