@@ -151,7 +151,10 @@ def astrotl_run(task: str, overrides: list[str], seed: int, out_dir: Path, threa
         return {"accuracy": float(m["ensemble_test_accuracy"]),
                 "balanced_accuracy": float(m["ensemble_test_balanced_accuracy"]),
                 "recall": recalls(true, guess, len(classes)), "run": str(res.path)}
-    per_class = Table.read(res.path / "tables" / "per_class.ecsv")
+    from astrotl.stages import stage_dirs
+
+    final = (stage_dirs(res.path) or [res.path])[-1]  # a multi-stage run: its last stage is the model
+    per_class = Table.read(final / "tables" / "per_class.ecsv")
     return {"accuracy": float(m["test_accuracy"]), "balanced_accuracy": float(m["test_balanced_accuracy"]),
             "recall": [float(r) for r in per_class["recall"]], "run": str(res.path),
             "val_balanced_accuracy": m.get("best_val_balanced_acc")}

@@ -27,6 +27,11 @@ class LabelSplitConfig(ComponentConfig):
         None, description="raw label (as text) -> class code, e.g. {'1': '1', '2': '1', '4': 'artifact'}; "
                           "labels not listed are unlabelled")
     classes: list[str] | None = Field(None, description="class codes in output order (default: sorted labels seen)")
+    class_subset: list[str] | None = Field(
+        None, description="keep only the rows of these classes (a subset of classes) in every split, the split still "
+                          "drawn over all classes: the same split as without class_subset, so a stage trained on some "
+                          "classes never sees another stage's validation or test rows; the data set's classes become "
+                          "this subset (in the order of classes)")
     class_descriptions: list[str] | None = Field(None, description="human-readable names, same order as classes")
     keep_unlabelled: bool = Field(False, description="keep rows without a valid label in train/val/test (label -1)")
     split_col: str | None = Field(None, description="column with train/val/test per row (else seeded fractions)")
@@ -54,6 +59,16 @@ class LabelSplitConfig(ComponentConfig):
         f = self.split_fractions
         if any(v < 0 for v in f) or sum(f) <= 0:
             raise ValueError(f"split_fractions must be >= 0 and not all 0, got {list(f)}")
+        if self.class_subset is not None:
+            if not self.class_subset or len(set(self.class_subset)) != len(self.class_subset):
+                raise ValueError(f"class_subset must list one or more distinct classes, got {self.class_subset}")
+            if self.label_col is None:
+                raise ValueError("class_subset selects rows by their class, but label_col is not set; set label_col or "
+                                 "remove class_subset")
+            unknown = [k for k in self.class_subset if self.classes is not None and k not in self.classes]
+            if unknown:
+                raise ValueError(f"class_subset lists {unknown}, which are not among classes {self.classes}; use class "
+                                 f"codes from classes")
         if self.class_descriptions is not None and self.classes is not None and \
                 len(self.class_descriptions) != len(self.classes):
             raise ValueError(f"class_descriptions has {len(self.class_descriptions)} entries, classes has "
@@ -258,9 +273,42 @@ def file_stamp(path: str | os.PathLike) -> dict[str, Any]:
 
 
 
+def restrict_classes(labels: np.ndarray, classes: list[str] | None, cfg: LabelSplitConfig, *,
+                     where: str) -> tuple[np.ndarray, list[str] | None]:
+    """``class_subset``: the labels re-indexed to the subset (other rows -1, i.e. unlabelled) and the subset's classes.
+
+    Call it *after* :func:`split_assignment` on all classes, so that the split does not depend on the subset.
+
+    Examples
+    --------
+    >>> cfg = LabelSplitConfig(name="x", label_col="c", classes=["a", "b", "c"], class_subset=["c", "a"])
+    >>> lab, cls = restrict_classes(np.array([0, 1, 2, -1]), ["a", "b", "c"], cfg, where="t")
+    >>> lab.tolist(), cls
+    ([0, -1, 1, -1], ['a', 'c'])
+    """
+    if cfg.class_subset is None:
+        return labels, classes
+    if classes is None:
+        raise DataError(f"{where}: class_subset needs class labels, but this data set has none (label_col "
+                        f"'{cfg.label_col}'); remove class_subset")
+    unknown = [k for k in cfg.class_subset if k not in classes]
+    if unknown:
+        raise DataError(f"{where}: class_subset lists {unknown}, which are not among the classes {list(classes)}; use "
+                        f"class codes from that list")
+    kept = [i for i, k in enumerate(classes) if k in cfg.class_subset]
+    index = np.full(len(classes), -1, dtype=np.int64)
+    index[kept] = np.arange(len(kept))
+    labels = np.asarray(labels)
+    return np.where(labels >= 0, index[np.clip(labels, 0, None)], -1), [classes[i] for i in kept]
+
+
 def class_descriptions(cfg: LabelSplitConfig, classes: Sequence[str] | None) -> tuple[str, ...] | None:
     if classes is None:
         return None
+    if cfg.class_descriptions is not None and cfg.classes is not None and \
+            len(cfg.class_descriptions) == len(cfg.classes) and list(classes) != list(cfg.classes):
+        named = dict(zip(cfg.classes, cfg.class_descriptions))  # a class_subset: the descriptions of its classes
+        return tuple(named.get(str(k), str(k)) for k in classes)
     if cfg.class_descriptions is not None:
         if len(cfg.class_descriptions) != len(classes):
             raise DataError(f"class_descriptions has {len(cfg.class_descriptions)} entries for {len(classes)} classes "

@@ -77,7 +77,7 @@ from ..fitsio import MosaicStack, geometry_flags
 from ..interfaces import DatasetInfo, ImageDataset
 from ..io import atomic_path, write_json
 from .common import (FlagName, LabelSplitConfig, assign_labels, assign_targets, cache_key, class_descriptions,
-                     file_stamp, group_ids, select_split, split_assignment)
+                     file_stamp, group_ids, restrict_classes, select_split, split_assignment)
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,8 @@ class CatalogCutoutDataset(ImageDataset):
         labelled = classes is not None or target_set is not None
         self._all_labels, self.classes, self._raw_labels = labels, classes, raw
         assignment = split_assignment(n, labels, c, table, where=where)
+        labels, self.classes = restrict_classes(labels, classes, c, where=where)
+        self._all_labels = labels
         keep = np.ones(n, dtype=bool)
         if "outside" in c.drop_flagged:
             keep &= ~outside

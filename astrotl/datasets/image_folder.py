@@ -63,7 +63,7 @@ from ..errors import DataError
 from ..interfaces import DatasetInfo, ImageDataset
 from ..io import atomic_path
 from .common import (LabelSplitConfig, assign_labels, assign_targets, cache_key, class_descriptions, file_stamp,
-                     group_ids, select_split, split_assignment)
+                     group_ids, restrict_classes, select_split, split_assignment)
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,8 @@ class ImageFolderDataset(ImageDataset):
             labels = np.where(target_set.labelled, labels if classes is not None else target_set.labels, -1)
         labelled = classes is not None or target_set is not None
         assignment = split_assignment(len(table), labels, c, table, where=where)
+        labels, classes = restrict_classes(labels, classes, c, where=where)
+        self.classes = classes
         self._rows = select_split(split, assignment, labels, c.keep_unlabelled, labelled)
         self._labels = labels[self._rows]
         self._target_names = target_set.names if target_set is not None else None

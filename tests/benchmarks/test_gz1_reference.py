@@ -39,3 +39,20 @@ def test_table_pairs_seeds_across_files_and_reports_validation(tmp_path, capsys)
     b.write_text(json.dumps({"results": {"astrotl": [_result(1, 0.58, 0.7, run=str(run))]}}))
     assert R.main(["--table", str(b)]) == 0
     assert "validation" not in capsys.readouterr().out
+
+
+def test_astrotl_side_reads_the_last_stage_of_a_multi_stage_task(tmp_path):
+    import yaml
+    from testutils import TINY
+
+    cfg = dict(TINY, trainer={**TINY["trainer"], "monitor": "val_balanced_acc"},
+               stages=[{"name": "first", "data": {"n_train": 32}},
+                       {"name": "second", "backbone": {"weights": "stage:first"}}])
+    task = tmp_path / "two.yaml"
+    task.write_text(yaml.safe_dump(cfg))
+    r = R.astrotl_run(str(task), [], seed=0, out_dir=tmp_path / "runs", threads=1)
+    final = Path(r["run"]) / "stages" / "second"
+    metrics = json.loads((final / "metrics.json").read_text())["metrics"]
+    assert r["balanced_accuracy"] == metrics["test_balanced_accuracy"]
+    assert r["val_balanced_accuracy"] == metrics["best_val_balanced_acc"]
+    assert len(r["recall"]) == 4  # the four PHANGS classes, from the last stage's tables/per_class.ecsv

@@ -390,6 +390,11 @@ case("run/image folder missing", "image folder .* does not exist")(
     lambda c: ["run", c.task(data={"name": "image_folder", "root": str(c.tmp / "nope"), "file_col": "file",
                                    "_replace": True})])
 
+case("run/class_subset not among the classes", r"class_subset lists \['z'\], which are not among classes \['a', 'b'\]")(
+    lambda c: ["run", c.task(data=c.folder_data(classes=["a", "b"], class_subset=["z"]))])
+case("run/class_subset of labels never seen", r"class_subset lists \['z'\], which are not among the classes")(
+    lambda c: ["run", c.task(data=c.folder_data(class_subset=["z"]))])
+
 
 @case("run/image folder with a broken PNG", "cannot read image")
 def _(c):

@@ -186,6 +186,28 @@ def test_gz1_labels_and_split(tmp_path):
         assert np.all(np.abs(counts - frac * np.array(GZ1_COUNTS)) <= 1), (s, counts)
 
 
+@pytest.mark.shared
+def test_gz1_chirality_stage_uses_the_six_class_split(tmp_path, monkeypatch):
+    """The shipped GZ1 file's first stage trains on the spirals of the six-class training split: none of its rows
+    is a validation or test galaxy of the final stage."""
+    from astrotl.config import load_config
+    from astrotl.plugins import load_registries
+    from testutils import REPO
+
+    monkeypatch.setenv("ASTROTL_SHARED_DATA", str(require_shared("gz1_dev").parent))
+    cfg = load_config(REPO / "tasks" / "gz1_morphology.yaml", load_registries(), ["data.resize=8", "data.max_images=800"])
+    assert [st.run.name for st in cfg.stages] == ["chirality", "morphology"]
+    ids = {}
+    for st in cfg.stages:
+        cls, conf = st.component("data")
+        ids[st.run.name] = {s: cls(conf, split=s, seed=0, cache_dir=tmp_path) for s in ("train", "val", "test")}
+    for s in ("train", "val", "test"):
+        full = ids["morphology"][s].catalog()
+        spirals = full["id"][np.isin(np.asarray(full["class"]), ["1", "2"])].tolist()
+        assert ids["chirality"][s].catalog()["id"].tolist() == spirals and spirals
+    assert ids["chirality"]["train"].info().classes == ("1", "2")
+
+
 def test_a_band_given_twice_is_an_error(tmp_path, cache_dir):
     """Issue 8 group 6: `bands: [g, g]` used to read one HDU twice without a word."""
     from pydantic import ValidationError
@@ -205,3 +227,34 @@ def test_labels_not_in_classes_are_reported(tmp_path, cache_dir, caplog):
     assert any("8 of 24 rows have a 'label' label that is not in data.classes ['a', 'b'] ('c': 8)" in r.getMessage()
                for r in caplog.records)
     assert ds.catalog().meta["label_report"]["labels_not_a_class"] == {"c": 8}
+
+
+def test_class_subset_keeps_the_split_of_all_classes(tmp_path, cache_dir):
+    root = make_folder(tmp_path / "f", n=60)
+    desc = ["alpha", "beta", "gamma"]
+    full = {s: make(root, cache_dir, split=s, id_col="objid", classes=["a", "b", "c"], class_descriptions=desc)
+            for s in ("train", "val", "test")}
+    sub = {s: make(root, cache_dir, split=s, id_col="objid", classes=["a", "b", "c"], class_descriptions=desc,
+                   class_subset=["c", "a"]) for s in ("train", "val", "test")}
+    for s in full:
+        cat = full[s].catalog()
+        keep = np.isin(np.asarray(cat["class"]), ["a", "c"])
+        # exactly the subset's rows of the same split: a stage on classes a, c never trains on b's split's test rows
+        assert sub[s].catalog()["id"].tolist() == cat["id"][keep].tolist()
+        assert sub[s].info().classes == ("a", "c") and sub[s].info().class_descriptions == ("alpha", "gamma")
+        assert sub[s].labels().tolist() == [0 if c == "a" else 1 for c in cat["class"][keep]]
+    # listing the classes alone draws a different split (what class_subset avoids)
+    alone = {s: set(make(root, cache_dir, split=s, id_col="objid", classes=["a", "c"]).catalog()["id"].tolist())
+             for s in ("train", "test")}
+    assert alone["train"] & set(full["test"].catalog()["id"].tolist())
+
+
+def test_class_subset_errors(tmp_path, cache_dir):
+    root = make_folder(tmp_path / "f")
+    with pytest.raises(ValueError, match=r"class_subset lists \['z'\], which are not among classes \['a', 'b', 'c'\]"):
+        ImageFolderDataset.Config(root=str(root), file_col="file", classes=["a", "b", "c"], class_subset=["a", "z"])
+    with pytest.raises(ValueError, match="class_subset must list one or more distinct classes"):
+        ImageFolderDataset.Config(root=str(root), file_col="file", class_subset=["a", "a"])
+    with pytest.raises(DataError, match=r"class_subset lists \['z'\], which are not among the classes \['a', 'b', "
+                                        r"'c'\]; use class codes from that list"):
+        make(root, cache_dir, class_subset=["z"])  # classes from the labels seen: checked when the data are read
