@@ -5,6 +5,7 @@ Three jobs, all on files that ``astrotl run`` / ``astrotl predict`` wrote::
     # balanced accuracy, accuracy and per-class recall of prediction catalogues (one model: p_<class> and
     # true_class; a one-pass ensemble of `astrotl predict RUN1 RUN2 ...`: p_<class>_mean and the data's label column)
     python benchmarks/gz1_predictions.py score runs/s0/predictions.ecsv ens.ecsv
+    python benchmarks/gz1_predictions.py score runs/s0/predictions.ecsv --pair 1 2   # + the chirality among spirals found
 
     # decision rules fitted on a run's validation predictions, applied to its test predictions:
     # per-class logit offsets + temperature (class-balanced NLL; with an L2 penalty; with the pair's offsets tied)
@@ -93,13 +94,28 @@ def pair_decision(lp: np.ndarray, pair: list[int]) -> np.ndarray:
     return np.where(pred == a, np.where(lp[:, a] >= lp[:, b], a, b), pred)
 
 
+def pair_found(y: np.ndarray, pred: np.ndarray, pair: list[int]) -> tuple[float, float]:
+    """Of the galaxies of a class pair (GZ1: the two chiralities): the fraction predicted as either member, and the
+    fraction of those given the right member (0.5: the pair is told apart at chance)."""
+    members = np.isin(y, pair)
+    found = members & np.isin(pred, pair)
+    return float(found.sum() / max(1, members.sum())), float((pred[found] == y[found]).sum() / max(1, found.sum()))
+
+
 def cmd_score(args) -> int:
     for path in args.files:
         lp, y, classes = load(path)
         pred = lp.argmax(1)
         k = len(classes)
-        print(f"{path}: balanced accuracy {balanced(y, pred, k):.3f}, accuracy {float((pred == y).mean()):.3f}, "
-              f"recall per class {' '.join(f'{r:.2f}' for r in recalls(y, pred, k))} ({len(y)} labelled)")
+        line = (f"{path}: balanced accuracy {balanced(y, pred, k):.3f}, accuracy {float((pred == y).mean()):.3f}, "
+                f"recall per class {' '.join(f'{r:.2f}' for r in recalls(y, pred, k))} ({len(y)} labelled)")
+        if args.pair:
+            missing = [c for c in args.pair if c not in classes]
+            if missing:
+                sys.exit(f"gz1_predictions.py: error: --pair class {missing[0]} is not among the classes {classes}")
+            found, right = pair_found(y, pred, [classes.index(c) for c in args.pair])
+            line += f"; pair {' '.join(args.pair)}: found {found:.2f}, right member among those found {right:.2f}"
+        print(line)
     return 0
 
 
@@ -119,10 +135,9 @@ def cmd_decide(args) -> int:
               f"{balanced(yv, (lv / t + b).argmax(1), k):.3f}, test {balanced(yt, (lt / t + b).argmax(1), k):.3f}")
     if pair:
         pred = pair_decision(lt, pair)
-        found = np.isin(yt, pair)
-        print(f"merged pair {args.pair}: test {balanced(yt, pred, k):.3f}; pair members found "
-              f"{np.isin(pred[found], pair).mean():.2f} (argmax {np.isin(lt.argmax(1)[found], pair).mean():.2f}), "
-              f"right member among those found {(pred[found] == yt[found]).sum() / max(1, np.isin(pred[found], pair).sum()):.2f}")
+        found, right = pair_found(yt, pred, pair)
+        print(f"merged pair {args.pair}: test {balanced(yt, pred, k):.3f}; pair members found {found:.2f} (argmax "
+              f"{pair_found(yt, lt.argmax(1), pair)[0]:.2f}), right member among those found {right:.2f}")
     return 0
 
 
@@ -157,6 +172,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("score", help="balanced accuracy of prediction catalogues")
     s.add_argument("files", nargs="+")
+    s.add_argument("--pair", nargs=2, metavar="CLASS", help="also: how many of this class pair are found, and how many of "
+                   "those get the right member (GZ1: 1 2, the two chiralities)")
     d = sub.add_parser("decide", help="decision rules fitted on validation predictions, scored on test predictions")
     d.add_argument("--val", required=True)
     d.add_argument("--test", required=True)

@@ -30,6 +30,12 @@ def test_score_reads_single_models_and_ensembles(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     # recalls 1, 1, 0.5: balanced 0.833; 3 of 4 right
     assert all("balanced accuracy 0.833, accuracy 0.750, recall per class 1.00 1.00 0.50" in line for line in out)
+    # the pair 1, 2: three galaxies, all predicted as 1 or 2 (found 1.00); rows 1 and 3 right, row 2 (a 2 called 1)
+    # wrong: 2 of 3
+    assert G.main(["score", str(one), "--pair", "1", "2"]) == 0
+    assert "; pair 1 2: found 1.00, right member among those found 0.67" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"--pair class 7 is not among the classes \['0', '1', '2'\]"):
+        G.main(["score", str(one), "--pair", "1", "7"])
 
 
 def test_merged_pair_decision_and_offsets():
