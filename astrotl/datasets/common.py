@@ -281,7 +281,7 @@ def restrict_classes(labels: np.ndarray, classes: list[str] | None, cfg: LabelSp
 
     Examples
     --------
-    >>> cfg = LabelSplitConfig(name="x", label_col="c", classes=["a", "b", "c"], class_subset=["c", "a"])
+    >>> cfg = LabelSplitConfig(label_col="c", classes=["a", "b", "c"], class_subset=["c", "a"])
     >>> lab, cls = restrict_classes(np.array([0, 1, 2, -1]), ["a", "b", "c"], cfg, where="t")
     >>> lab.tolist(), cls
     ([0, -1, 1, -1], ['a', 'c'])

@@ -211,10 +211,9 @@ class CatalogCutoutDataset(ImageDataset):
             # rows without targets are unlabelled; without label_col the targets' argmax stratifies the split
             labels = np.where(target_set.labelled, labels if classes is not None else target_set.labels, -1)
         labelled = classes is not None or target_set is not None
-        self._all_labels, self.classes, self._raw_labels = labels, classes, raw
         assignment = split_assignment(n, labels, c, table, where=where)
-        labels, self.classes = restrict_classes(labels, classes, c, where=where)
-        self._all_labels = labels
+        labels, classes = restrict_classes(labels, classes, c, where=where)
+        self._all_labels, self.classes, self._raw_labels = labels, classes, raw
         keep = np.ones(n, dtype=bool)
         if "outside" in c.drop_flagged:
             keep &= ~outside
